@@ -1,0 +1,247 @@
+"""The ``kbot`` command line. Each command builds what it needs from :class:`Settings` and runs it.
+
+Errors kbot raises on purpose (:class:`KbotError`) are printed as one plain sentence with exit
+status 2; ``-v`` adds their cause to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from kbot.errors import KbotError
+from kbot.settings import Settings, load_settings
+
+T = TypeVar("T")
+log = logging.getLogger("kbot")
+
+app = typer.Typer(
+    name="kbot",
+    help="kbot — your company's expert: answers from your documents, cites its sources, "
+    "learns from 👍/👎.\n\n"
+    "Start with:  kbot ingest docs/ --collection handbook\n\n"
+    'then:  kbot search "how do I …" --collection handbook\n\n'
+    "Configuration comes from KBOT_* environment variables, a .env file or --config FILE.toml; "
+    "by default everything is embedded and kept in ./.kbot (KBOT_DATA_DIR).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class _State:
+    config: Path | None = None
+
+
+_state = _State()
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Accept both repeated options (--acl a --acl b) and comma lists (--acl a,b)."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _settings() -> Settings:
+    return load_settings(_state.config)
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(factory())  # type: ignore[arg-type]
+
+
+@app.callback()
+def _root(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML file with settings (keys are the KBOT_ names, lower-case)."),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+    ] = 0,
+) -> None:
+    _state.config = config
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files or folders (folders are walked recursively).")],
+    collection: Annotated[
+        str, typer.Option("--collection", "-c", help="Collection to ingest into (created if new).")
+    ],
+    acl: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--acl",
+            help="Group allowed to see these documents; repeat or comma-separate. "
+            "Without --acl, everyone may see them.",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Add or update documents in a collection.
+
+    Supports Markdown, text, reStructuredText, HTML, PDF and DOCX. Re-running skips unchanged
+    files, re-embeds changed ones and removes files deleted from the given folders.
+
+    Example:  kbot ingest handbook/ --collection hr --acl hr-team
+    """
+    from knowledge.base import KnowledgeBase
+
+    async def go() -> int:
+        kb = await KnowledgeBase.open(_settings())
+        try:
+            report = await kb.ingest(
+                paths, collection, _split(acl), progress=progress and sys.stderr.isatty()
+            )
+        finally:
+            await kb.close()
+        typer.echo(
+            f"{collection}: {len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.unchanged)} unchanged, {len(report.deleted)} deleted, {len(report.failed)} failed; "
+            f"{report.chunks} chunks written in {report.seconds:.1f} s"
+        )
+        for source, reason in report.failed:
+            typer.echo(f"  failed: {source}: {reason}", err=True)
+        if report.skipped:
+            typer.echo(f"  skipped {len(report.skipped)} files of unsupported types", err=True)
+            for source, reason in report.skipped[:5]:
+                typer.echo(f"    {source}: {reason}", err=True)
+        return 1 if report.failed else 0
+
+    raise typer.Exit(_run(go))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in any language.")],
+    collection: Annotated[
+        list[str], typer.Option("--collection", "-c", help="Collection to search; repeatable.")
+    ],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many passages to return.")] = 5,
+    groups: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--groups",
+            "-g",
+            help="Groups of the asker (repeat or comma-separate): restricted "
+            "documents are returned only to their groups.",
+        ),
+    ] = None,
+    mode: Annotated[str, typer.Option(help="hybrid (default), dense or sparse.")] = "hybrid",
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help='Print a JSON array of {"score","text","source","title","chunk_id"}.'),
+    ] = False,
+) -> None:
+    """Find the passages that best match a question (hybrid dense + keyword search).
+
+    Example:  kbot search "年假有幾天" --collection hr --groups hr-team
+    """
+    if mode not in ("hybrid", "dense", "sparse"):
+        raise typer.BadParameter("use hybrid, dense or sparse", param_hint="--mode")
+    from knowledge.base import KnowledgeBase
+
+    async def go() -> None:
+        kb = await KnowledgeBase.open(_settings())
+        try:
+            hits = await kb.search(query, _split(collection), _split(groups), limit=k, mode=mode)
+        finally:
+            await kb.close()
+        if as_json:
+            rows = [
+                {
+                    "score": h.score,
+                    "text": h.text,
+                    "source": h.source,
+                    "title": h.title,
+                    "chunk_id": h.chunk_id,
+                }
+                for h in hits
+            ]
+            typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+            return
+        if not hits:
+            typer.echo("No matching passages.")
+        for rank, hit in enumerate(hits, 1):
+            where = f" › {hit.heading}" if hit.heading else ""
+            typer.echo(f"{rank}. {hit.title}{where}  ({hit.source}, score {hit.score:.4f})")
+            snippet = " ".join(hit.text.split())
+            typer.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")
+
+    _run(go)
+
+
+@app.command()
+def collections(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List collections with their document and chunk counts."""
+
+    async def go() -> None:
+        from kbot.db import Database
+        from knowledge.catalog import Catalog
+
+        settings = _settings()
+        db = Database(settings.sql_url)
+        try:
+            await db.migrate()
+            stats = await Catalog(db).stats()
+        finally:
+            await db.close()
+        if as_json:
+            typer.echo(json.dumps([s.__dict__ for s in stats], indent=2))
+            return
+        if not stats:
+            typer.echo("No collections yet. Create one with: kbot ingest PATH --collection NAME")
+            return
+        width = max(len(s.name) for s in stats)
+        typer.echo(f"{'COLLECTION':<{width}}  {'DOCUMENTS':>9}  {'CHUNKS':>8}  MODEL")
+        for s in stats:
+            typer.echo(f"{s.name:<{width}}  {s.documents:>9}  {s.chunks:>8}  {s.embedding_model}")
+
+    _run(go)
+
+
+db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the SQL store's tables to the newest version (kbot also does this on start)."""
+    from kbot.db import Database
+
+    async def go() -> None:
+        settings = _settings()
+        db = Database(settings.sql_url)
+        try:
+            await db.migrate()
+        finally:
+            await db.close()
+        typer.echo(f"SQL store is up to date: {db.display_url}")
+
+    _run(go)
+
+
+def main() -> None:
+    """Console entry point: plain-language errors, causes in the log."""
+    try:
+        app()
+    except KbotError as exc:
+        log.debug("error cause", exc_info=exc)
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,125 @@
+"""The SQL store: one async SQLAlchemy engine over SQLite (default) or PostgreSQL.
+
+The schema is owned by Alembic (``kbot/db/migrations``); :meth:`Database.migrate` brings any
+database to the newest revision and is safe to call from several processes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import NullPool, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from kbot.errors import StoreError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same for every kbot process sharing a database.
+_MIGRATION_LOCK_ID = 0x6B626F74
+# Alembic keeps its running context in module globals: one migration per process at a time.
+_MIGRATION_THREAD_LOCK = threading.Lock()
+# Migrations run on a synchronous driver in a worker thread (Alembic is synchronous).
+_SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite", "postgresql+asyncpg": "postgresql+psycopg"}
+
+
+class Database:
+    """Owns the engine and hands out sessions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        kwargs: dict[str, Any] = {}
+        if self.url.get_backend_name() == "sqlite":
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.url.get_backend_name() == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for messages and logs."""
+        return self.url.render_as_string(hide_password=True)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def migrate(self) -> None:
+        """Upgrade the schema to the newest Alembic revision.
+
+        Safe to run from several tasks, threads or processes at once: they are serialised by a
+        lock in this process, plus a PostgreSQL advisory lock or a lock file beside the SQLite file.
+        """
+        sync_url = self.url.set(drivername=_SYNC_DRIVERS.get(self.url.drivername, self.url.drivername))
+        try:
+            await asyncio.to_thread(_migrate, sync_url)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(
+                f"Cannot open or migrate the SQL store at {self.display_url}: {_reason(exc)}"
+            ) from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _migrate(url: URL) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with _MIGRATION_THREAD_LOCK, _sqlite_file_lock(url), engine.begin() as conn:
+            _upgrade(conn, url.get_backend_name())
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _sqlite_file_lock(url: URL) -> Iterator[None]:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    with open(f"{url.database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _upgrade(conn: Connection, backend: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    if backend == "postgresql":
+        # Replicas starting together must not run the same migration twice.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    # WAL lets readers (the server) proceed while a writer (ingest) commits.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0]

@@ -1,0 +1,81 @@
+"""The SQL schema, one ORM class per table. Alembic migrations in ``migrations/`` create it.
+
+Tables are grouped by the package that writes them; any package may read them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# --- knowledge/: collections, documents and their chunks (the ingestion sync state) ---
+
+
+class Collection(Base):
+    """A scope of documents searched together (e.g. one per team)."""
+
+    __tablename__ = "collections"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    # Vectors of one collection must come from one model; a mismatch is refused, not mixed.
+    embedding_model: Mapped[str] = mapped_column(String(512))
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    documents: Mapped[list[Document]] = relationship(
+        back_populates="collection_row", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Document(Base):
+    """One ingested file. ``source`` is its path as given at ingest, normalised."""
+
+    __tablename__ = "documents"
+    __table_args__ = (UniqueConstraint("collection", "source", name="uq_documents_collection_source"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection: Mapped[str] = mapped_column(
+        String(63), ForeignKey("collections.name", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(2048))
+    title: Mapped[str] = mapped_column(String(1024))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    # Hash of everything besides the bytes that shapes the chunks (chunker settings, model):
+    # when it changes, unchanged files are re-chunked too.
+    ingest_key: Mapped[str] = mapped_column(String(64))
+    acl: Mapped[list[str]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    collection_row: Mapped[Collection] = relationship(back_populates="documents")
+    chunks: Mapped[list[Chunk]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Chunk(Base):
+    """A chunk's identity; its text and vectors live in Qdrant under the same id."""
+
+    __tablename__ = "chunks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    document_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("documents.id", ondelete="CASCADE"), index=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(String(2048))
+    token_count: Mapped[int] = mapped_column(Integer)
+
+    document: Mapped[Document] = relationship(back_populates="chunks")

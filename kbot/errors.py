@@ -1,0 +1,77 @@
+"""The one error tree of kbot.
+
+Every error kbot raises on purpose derives from :class:`KbotError`; its message is a sentence a
+user can act on. Third-party exceptions are re-raised as one of these ``from exc`` so logs keep
+the cause while users read the sentence.
+
+    KbotError
+    ├── ConfigError                 settings are missing, malformed or contradictory
+    ├── StoreError                  the SQL store cannot be reached or migrated
+    ├── KnowledgeError
+    │   ├── UnknownCollectionError  a search or command names a collection that does not exist
+    │   ├── InvalidNameError        a collection or group name kbot cannot accept
+    │   ├── DocumentError
+    │   │   ├── UnsupportedFileError   no loader for this file type
+    │   │   └── DocumentLoadError      the file exists but could not be read or parsed
+    │   ├── EmbeddingError          the embedding model could not be loaded or run
+    │   └── VectorStoreError        Qdrant (embedded or server) failed or is misconfigured
+"""
+
+from __future__ import annotations
+
+
+class KbotError(Exception):
+    """Base of every error kbot raises on purpose."""
+
+
+class ConfigError(KbotError):
+    """Settings are missing, malformed or contradictory."""
+
+
+class StoreError(KbotError):
+    """The SQL store cannot be reached, migrated or written."""
+
+
+class KnowledgeError(KbotError):
+    """Something went wrong in the knowledge base."""
+
+
+class UnknownCollectionError(KnowledgeError):
+    """A command names a collection that does not exist."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        hint = f"Known collections: {', '.join(known)}." if known else "No collections exist yet."
+        super().__init__(
+            f"Collection {name!r} does not exist. {hint} Create it with: kbot ingest PATH --collection {name}"
+        )
+
+
+class InvalidNameError(KnowledgeError):
+    """A collection or group name that kbot cannot accept."""
+
+
+class DocumentError(KnowledgeError):
+    """A document could not be ingested; ``source`` names it."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class UnsupportedFileError(DocumentError):
+    """No loader handles this file type."""
+
+
+class DocumentLoadError(DocumentError):
+    """The file exists but could not be read or parsed."""
+
+
+class EmbeddingError(KnowledgeError):
+    """The embedding model could not be loaded or run."""
+
+
+class VectorStoreError(KnowledgeError):
+    """The vector store (Qdrant Edge or a Qdrant server) failed or is misconfigured."""

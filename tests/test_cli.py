@@ -1,0 +1,91 @@
+"""The `kbot` command as users and scripts run it: a real process, embedded defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+KBOT = [sys.executable, "-c", "from bot.cli import main; main()"]
+
+
+def kbot(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A folder with the example handbook ingested once through the CLI."""
+    cwd = tmp_path_factory.mktemp("cli")
+    shutil.copytree(EXAMPLES, cwd / "handbook")
+    (cwd / "handbook" / "notes.xyz").write_text("not a supported type")
+    env = {**os.environ, "KBOT_DATA_DIR": str(cwd / "state"), "PYTHONPATH": str(Path.cwd())}
+    env.pop("KBOT_DATABASE_URL", None)
+    env.pop("KBOT_QDRANT_URL", None)
+    result = kbot("ingest", "handbook", "--collection", "hr", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("hr: 4 added, 0 updated, 0 unchanged, 0 deleted, 0 failed;")
+    assert "skipped 1 files of unsupported types" in result.stderr
+    return cwd, env
+
+
+def test_search_json_contract(workdir: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = workdir
+    result = kbot("search", "婚假可以請幾天？", "--collection", "hr", "-k", "2", "--json", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert len(hits) == 2
+    assert all(set(h) == {"score", "text", "source", "title", "chunk_id"} for h in hits)
+    assert hits[0]["source"] == "handbook/請假規定.md"
+    assert "婚假八天" in hits[0]["text"]
+    assert hits[0]["score"] >= hits[1]["score"]
+
+
+def test_readable_search_and_collections(workdir: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = workdir
+    result = kbot("search", "lost laptop", "-c", "hr", "-k", "1", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "IT security basics" in result.stdout and "handbook/it-security.txt" in result.stdout
+    listing = kbot("collections", "--json", cwd=cwd, env=env)
+    [row] = json.loads(listing.stdout)
+    assert (row["name"], row["documents"]) == ("hr", 4) and row["chunks"] > 0
+    table = kbot("collections", cwd=cwd, env=env)
+    assert table.stdout.splitlines()[0].split() == ["COLLECTION", "DOCUMENTS", "CHUNKS", "MODEL"]
+
+
+def test_reingest_reports_unchanged(workdir: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = workdir
+    result = kbot("ingest", "handbook", "--collection", "hr", cwd=cwd, env=env)
+    assert result.returncode == 0
+    assert "0 added, 0 updated, 4 unchanged" in result.stdout
+
+
+def test_errors_are_plain_sentences(workdir: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = workdir
+    result = kbot("search", "x", "--collection", "nope", cwd=cwd, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Error: Collection 'nope' does not exist. Known collections: hr. "
+        "Create it with: kbot ingest PATH --collection nope"
+    )
+    assert "Traceback" not in result.stderr
+    bad = kbot("ingest", "missing.md", "--collection", "hr", cwd=cwd, env=env)
+    assert bad.returncode == 1 and "failed: missing.md: no such file or folder" in bad.stderr
+    config = kbot("collections", cwd=cwd, env={**env, "KBOT_CHUNK_TOKENS": "x"})
+    assert config.returncode == 2 and config.stderr.startswith("Error: Invalid configuration: chunk_tokens")
+
+
+def test_help_teaches() -> None:
+    result = subprocess.run([*KBOT, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("ingest", "search", "collections"):
+        assert command in result.stdout
+    result = subprocess.run([*KBOT, "search", "--help"], capture_output=True, text=True, timeout=60)
+    assert "--groups" in result.stdout and "Example" in result.stdout
