@@ -49,13 +49,13 @@ class IngestReport:
 class _File:
     path: Path
     source: str
-    data: bytes
     content_hash: str
 
 
 @dataclass(frozen=True)
 class _Prepared:
     file: _File
+    size: int
     title: str
     drafts: list[ChunkDraft]
     ids: list[str]
@@ -107,11 +107,12 @@ class Ingestor:
         todo: list[_File] = []
         for path, source in files:
             try:
-                data = await asyncio.to_thread(path.read_bytes)
+                # Only the hash is kept: a large corpus must not sit in memory until it is embedded.
+                content_hash = await asyncio.to_thread(_hash_file, path)
             except OSError as exc:
                 report.failed.append((source, f"cannot read: {exc.strerror or exc}"))
                 continue
-            item = _File(path, source, data, hashlib.sha256(data).hexdigest())
+            item = _File(path, source, content_hash)
             if _unchanged(stored.get(source), item, groups, self.ingest_key):
                 report.unchanged.append(source)
             else:
@@ -125,7 +126,7 @@ class Ingestor:
                     batch.append(await asyncio.to_thread(self._prepare, item, collection, is_new))
                 except DocumentError as exc:
                     report.failed.append((item.source, exc.reason))
-                    log.warning("skipped %s: %s", item.source, exc.reason)
+                    log.info("skipped %s: %s", item.source, exc.reason)
                 if sum(len(p.drafts) for p in batch) >= self._batch_chunks:
                     await self._write(batch, collection, groups, report)
                     batch = []
@@ -146,7 +147,13 @@ class Ingestor:
         return report
 
     def _prepare(self, item: _File, collection: str, is_new: bool) -> _Prepared:
-        document = load_document(item.path, item.source)
+        try:
+            data = item.path.read_bytes()
+        except OSError as exc:
+            raise DocumentLoadError(item.source, f"cannot read: {exc.strerror or exc}") from exc
+        # Hash what is indexed: the file may have changed since discovery.
+        item = _File(item.path, item.source, hashlib.sha256(data).hexdigest())
+        document = load_document(item.path, item.source, data)
         drafts = self._get_chunker().chunk(document)
         if not drafts:
             raise DocumentLoadError(item.source, "no text to index")
@@ -156,7 +163,7 @@ class Ingestor:
             key = (draft.heading_path, draft.text)
             seen[key] = seen.get(key, -1) + 1
             ids.append(chunk_id(collection, item.source, draft, seen[key]))
-        return _Prepared(item, document.title or item.path.stem, drafts, ids, is_new)
+        return _Prepared(item, len(data), document.title or item.path.stem, drafts, ids, is_new)
 
     def _get_chunker(self) -> Chunker:
         if self._chunker is None:
@@ -197,7 +204,7 @@ class Ingestor:
                 content_hash=prepared.file.content_hash,
                 ingest_key=self.ingest_key,
                 acl=groups,
-                size_bytes=len(prepared.file.data),
+                size_bytes=prepared.size,
                 chunks=[
                     ChunkRow(cid, d.ordinal, " > ".join(d.heading_path), d.token_count)
                     for d, cid in zip(prepared.drafts, prepared.ids, strict=True)
@@ -205,6 +212,14 @@ class Ingestor:
             )
             (report.added if prepared.is_new else report.updated).append(prepared.file.source)
         report.chunks += len(records)
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _unchanged(stored: StoredDocument | None, item: _File, groups: list[str], key: str) -> bool:
@@ -239,6 +254,8 @@ def _discover(paths: Sequence[str], report: IngestReport) -> tuple[list[tuple[Pa
                 files[base] = path
             else:
                 report.failed.append((base, UnsupportedFileError(base, "unsupported file type").reason))
+        elif path.exists():
+            report.failed.append((base, "not a regular file or folder"))
         else:
             report.failed.append((base, "no such file or folder"))
     return list((p, s) for s, p in files.items()), folders

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from kbot.db.models import Chunk
 from kbot.errors import UnknownCollectionError
@@ -24,7 +25,26 @@ def docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return target
 
 
-async def test_sync_skips_unchanged_reembeds_changed_deletes_removed(kb: KnowledgeBase, docs: Path) -> None:
+@pytest.fixture(params=["embedded", pytest.param("scale-out", marks=pytest.mark.postgres)])
+async def any_kb(request, settings, embedder) -> AsyncIterator[KnowledgeBase]:  # type: ignore[no-untyped-def]
+    """Embedded (SQLite + Qdrant Edge) and scale-out (PostgreSQL + qdrant-client) configurations."""
+    if request.param == "scale-out":
+        settings = settings.model_copy(
+            update={"database_url": request.getfixturevalue("postgres_url"), "qdrant_url": ":memory:"}
+        )
+    base = await KnowledgeBase.open(settings, embedder=embedder)
+    yield base
+    if request.param == "scale-out":
+        async with base.db.engine.begin() as conn:
+            for table in ("chunks", "documents", "collections"):
+                await conn.execute(text(f"DELETE FROM {table}"))
+    await base.close()
+
+
+async def test_sync_skips_unchanged_reembeds_changed_deletes_removed(
+    any_kb: KnowledgeBase, docs: Path
+) -> None:
+    kb = any_kb
     first = await kb.ingest(["handbook"], "hr")
     assert sorted(first.added) == sorted(os.path.join("handbook", p.name) for p in docs.iterdir())
     assert first.failed == [] and first.chunks > 0

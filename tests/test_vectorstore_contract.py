@@ -152,3 +152,18 @@ async def test_dense_weight_shifts_the_fusion(store: VectorStore) -> None:
         SearchQuery(["hr"], [], limit=1, dense=dense, sparse=words, prefetch=1, dense_weight=0.1)
     )
     assert [even[0].text, low[0].text] == ["filler 0", "zebra"]
+
+
+async def test_a_shard_open_elsewhere_is_a_clear_error(tmp_path: Path) -> None:
+    from kbot.errors import VectorStoreError
+
+    first = EdgeVectorStore(tmp_path / "shard")
+    await first.prepare(DIM)
+    await first.upsert([record(0, "x")])
+    second = EdgeVectorStore(tmp_path / "shard")
+    with pytest.raises(VectorStoreError, match="another kbot process has it open"):
+        await second.prepare(DIM)
+    await first.close()
+    await second.prepare(DIM)  # free again once the first has closed it
+    assert await second.count("hr") == 1
+    await second.close()

@@ -45,8 +45,11 @@ def is_supported(path: Path) -> bool:
     return _loader_for(path) is not None
 
 
-def load_document(path: Path, source: str | None = None) -> LoadedDocument:
+def load_document(path: Path, source: str | None = None, data: bytes | None = None) -> LoadedDocument:
     """Load one file; ``source`` names it in error messages (default: the path).
+
+    ``data`` is the file's content when the caller has already read it: ingestion hashes the
+    bytes first and must index exactly the bytes it hashed.
 
     Raises :class:`UnsupportedFileError` for a file type without a loader and
     :class:`DocumentLoadError` for a file that cannot be read, is corrupt, or holds no text.
@@ -59,20 +62,8 @@ def load_document(path: Path, source: str | None = None) -> LoadedDocument:
             source, f"no loader for {path.suffix or 'files without a suffix'}; supported: {suffixes}"
         )
     kind, loader = found
-    if path.is_dir():
-        raise DocumentLoadError(source, "this is a directory, not a file")
-    if path.exists() and not path.is_file():
-        # Reading a named pipe would block forever; devices and sockets hold no document.
-        raise DocumentLoadError(source, "not a regular file")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DocumentLoadError(source, "the file does not exist") from exc
-    except PermissionError as exc:
-        raise DocumentLoadError(source, "permission denied: kbot may not read this file") from exc
-    except OSError as exc:
-        raise DocumentLoadError(source, f"the file cannot be read: {exc.strerror or exc}") from exc
-
+    if data is None:
+        data = _read(path, source)
     try:
         document = loader(data, path, source)
     except DocumentError:
@@ -83,3 +74,19 @@ def load_document(path: Path, source: str | None = None) -> LoadedDocument:
     if document.is_empty:
         raise DocumentLoadError(source, "no text found: the file is empty or holds only images or markup")
     return document
+
+
+def _read(path: Path, source: str) -> bytes:
+    if path.is_dir():
+        raise DocumentLoadError(source, "this is a directory, not a file")
+    if path.exists() and not path.is_file():
+        # Reading a named pipe would block forever; devices and sockets hold no document.
+        raise DocumentLoadError(source, "not a regular file")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DocumentLoadError(source, "the file does not exist") from exc
+    except PermissionError as exc:
+        raise DocumentLoadError(source, "permission denied: kbot may not read this file") from exc
+    except OSError as exc:
+        raise DocumentLoadError(source, f"the file cannot be read: {exc.strerror or exc}") from exc

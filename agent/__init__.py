@@ -1,0 +1,1 @@
+"""The answer path: a LangGraph graph from question to grounded, cited answer (issue 3)."""
