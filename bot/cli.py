@@ -174,7 +174,8 @@ def search(
         if not hits:
             typer.echo("No matching passages.")
         for rank, hit in enumerate(hits, 1):
-            where = f" › {hit.heading}" if hit.heading else ""
+            heading = hit.heading.removeprefix(hit.title).removeprefix(" > ")
+            where = f" › {heading}" if heading else ""
             typer.echo(f"{rank}. {hit.title}{where}  ({hit.source}, score {hit.score:.4f})")
             snippet = " ".join(hit.text.split())
             typer.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 # Bump when the chunking rules change: stored documents are then re-chunked on next ingest.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2
 
 # A sentence ends at . ! ? followed by space, or at CJK full stops (no space follows those).
 _SENTENCE = re.compile(r".+?(?:[.!?](?:\s+|$)|[。！？；]\s*|$)", re.S)
@@ -64,7 +64,9 @@ class Chunker:
             paragraphs = [p.strip() for p in section.text.split("\n\n") if p.strip()]
             if not paragraphs:
                 continue
-            crumbs = (document.title, *section.heading_path)
+            crumbs = [document.title, *section.heading_path]
+            if len(crumbs) > 1 and crumbs[0] == crumbs[1]:
+                crumbs.pop(0)  # a Markdown "# Title" is both the title and the first heading
             prefix = " > ".join(c for c in crumbs if c)
             prefix_tokens = self._count([prefix])[0] + 1 if prefix else 0
             # A pathological heading must not starve the body; keep at least half the budget.

@@ -128,7 +128,11 @@ class SentenceTransformerEmbedder:
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
+                import transformers
                 from sentence_transformers import SentenceTransformer
+
+                # Its per-load "Loading weights" bar is noise in a CLI and in server logs.
+                transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
                 path = resolve_model_path(self._name)
                 try:

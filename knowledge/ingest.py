@@ -119,19 +119,23 @@ class Ingestor:
                 todo.append(item)
 
         batch: list[_Prepared] = []
+        pending = 0  # chunks in batch
         with tqdm(total=len(todo), desc="Ingesting", unit="file", disable=not progress or not todo) as bar:
             for item in todo:
                 try:
                     is_new = item.source not in stored
-                    batch.append(await asyncio.to_thread(self._prepare, item, collection, is_new))
+                    prepared = await asyncio.to_thread(self._prepare, item, collection, is_new)
                 except DocumentError as exc:
                     report.failed.append((item.source, exc.reason))
                     log.info("skipped %s: %s", item.source, exc.reason)
-                if sum(len(p.drafts) for p in batch) >= self._batch_chunks:
+                else:
+                    batch.append(prepared)
+                    pending += len(prepared.drafts)
+                if pending >= self._batch_chunks:
                     await self._write(batch, collection, groups, report)
-                    batch = []
+                    batch, pending = [], 0
                 bar.update(1)
-                bar.set_postfix(chunks=report.chunks + sum(len(p.drafts) for p in batch))
+                bar.set_postfix(chunks=report.chunks + pending)
             await self._write(batch, collection, groups, report)
 
         seen = {source for _, source in files}

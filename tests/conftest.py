@@ -70,13 +70,17 @@ async def database(sql_url: str) -> AsyncIterator[Database]:
     db = Database(sql_url)
     await db.migrate()
     yield db
-    # Leave the next test an empty schema on the shared PostgreSQL database.
-    from sqlalchemy import text
+    await clear_tables(db)
+    await db.close()
+
+
+async def clear_tables(db: Database) -> None:
+    """Leave the next test empty tables on the shared PostgreSQL database."""
+    from kbot.db.models import Base
 
     async with db.engine.begin() as conn:
-        for table in ("chunks", "documents", "collections"):
-            await conn.execute(text(f"DELETE FROM {table}"))
-    await db.close()
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(table.delete())
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,9 @@ def test_an_overlong_sentence_is_cut_between_words(tokenizer) -> None:  # type: 
         assert d.token_count <= 50
     assert drafts[0].text.split()[0] == "word0" and drafts[-1].text.split()[-1] == "word299"
     assert set(words) == {w for d in drafts for w in d.text.split()}
+
+
+def test_title_repeated_as_first_heading_is_not_doubled(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    doc = LoadedDocument("Leave policy", [Section(("Leave policy", "Sick leave"), "Ten days.")])
+    [draft] = Chunker(tokenizer, 64, 0).chunk(doc)
+    assert draft.embed_text == "Leave policy > Sick leave\nTen days."

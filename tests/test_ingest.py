@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from kbot.db.models import Chunk
 from kbot.errors import UnknownCollectionError
 from knowledge.base import KnowledgeBase
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, clear_tables
 
 
 @pytest.fixture
@@ -35,9 +35,7 @@ async def any_kb(request, settings, embedder) -> AsyncIterator[KnowledgeBase]:  
     base = await KnowledgeBase.open(settings, embedder=embedder)
     yield base
     if request.param == "scale-out":
-        async with base.db.engine.begin() as conn:
-            for table in ("chunks", "documents", "collections"):
-                await conn.execute(text(f"DELETE FROM {table}"))
+        await clear_tables(base.db)
     await base.close()
 
 

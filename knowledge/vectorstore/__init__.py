@@ -28,6 +28,8 @@ SPARSE = "sparse"
 RRF_K = 60
 # Payload fields that searches and deletes filter on; each gets a payload index.
 INDEXED_FIELDS = ("collection", "acl", "source")
+# Payload fields a search returns (``acl`` and ``ordinal`` stay inside the store).
+RETURNED_FIELDS = ["collection", "source", "title", "heading", "text"]
 
 
 class ChunkPayload(TypedDict):

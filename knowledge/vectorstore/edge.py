@@ -18,6 +18,7 @@ import qdrant_edge as qe
 from kbot.errors import VectorStoreError
 from knowledge.vectorstore import (
     DENSE,
+    RETURNED_FIELDS,
     RRF_K,
     SPARSE,
     ChunkRecord,
@@ -25,8 +26,6 @@ from knowledge.vectorstore import (
     SearchQuery,
     hit_from_payload,
 )
-
-_PAYLOAD = ["collection", "source", "title", "heading", "text"]
 
 
 class EdgeVectorStore:
@@ -106,13 +105,15 @@ class EdgeVectorStore:
             sparse = qe.SparseVector(query.sparse.indices, query.sparse.values)
             stages.append(qe.Query.Nearest(sparse, using=SPARSE))
         if len(stages) == 1:
-            request = qe.QueryRequest(limit=query.limit, query=stages[0], filter=flt, with_payload=_PAYLOAD)
+            request = qe.QueryRequest(
+                limit=query.limit, query=stages[0], filter=flt, with_payload=RETURNED_FIELDS
+            )
         else:
             request = qe.QueryRequest(
                 limit=query.limit,
                 prefetches=[qe.Prefetch(limit=query.prefetch, query=s, filter=flt) for s in stages],
                 query=qe.Fusion.Rrf(k=RRF_K, weights=[query.dense_weight, 1.0]),  # type: ignore[arg-type]
-                with_payload=_PAYLOAD,
+                with_payload=RETURNED_FIELDS,
             )
         # Called inline, not in a thread: a filtered HNSW query takes well under a millisecond,
         # less than a thread hop costs.

@@ -12,6 +12,7 @@ from qdrant_client.http.exceptions import ApiException
 from kbot.errors import VectorStoreError
 from knowledge.vectorstore import (
     DENSE,
+    RETURNED_FIELDS,
     RRF_K,
     SPARSE,
     ChunkRecord,
@@ -21,7 +22,6 @@ from knowledge.vectorstore import (
 )
 
 T = TypeVar("T")
-_PAYLOAD = ["collection", "source", "title", "heading", "text"]
 # Connection failures surface as these (httpx transport errors, gRPC errors, timeouts).
 _FAILURES = (ApiException, OSError, TimeoutError, ConnectionError, ValueError, RuntimeError)
 
@@ -114,7 +114,7 @@ class QdrantServerStore:
                 using=stages[0][1],
                 query_filter=flt,
                 limit=query.limit,
-                with_payload=_PAYLOAD,
+                with_payload=RETURNED_FIELDS,
             )
         else:
             call = self._client.query_points(
@@ -122,7 +122,7 @@ class QdrantServerStore:
                 prefetch=[m.Prefetch(query=q, using=u, filter=flt, limit=query.prefetch) for q, u in stages],
                 query=m.RrfQuery(rrf=m.Rrf(k=RRF_K, weights=[query.dense_weight, 1.0])),
                 limit=query.limit,
-                with_payload=_PAYLOAD,
+                with_payload=RETURNED_FIELDS,
             )
         result = await self._call("search", call)
         return [hit_from_payload(p.id, p.score, p.payload) for p in result.points]
