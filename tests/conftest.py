@@ -102,3 +102,11 @@ async def kb(settings: Settings, embedder: SentenceTransformerEmbedder) -> Async
     base = await KnowledgeBase.open(settings, embedder=embedder)
     yield base
     await base.close()
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The bundled GGUF converted to safetensors by the real conversion code, once per session."""
+    from agent.base_model import BUNDLED, resolve_base_model
+
+    return resolve_base_model(BUNDLED, tmp_path_factory.mktemp("models"))

@@ -89,3 +89,20 @@ def test_help_teaches() -> None:
         assert command in result.stdout
     result = subprocess.run([*KBOT, "search", "--help"], capture_output=True, text=True, timeout=60)
     assert "--groups" in result.stdout and "Example" in result.stdout
+
+
+def test_ask_json_contract(workdir: tuple[Path, dict[str, str]], base_model_dir: str) -> None:
+    cwd, env = workdir
+    env = {**env, "KBOT_BASE_MODEL": base_model_dir, "KBOT_MAX_NEW_TOKENS": "40"}
+    result = kbot("ask", "How many days of sick leave do I get?", "-c", "hr", "--json", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert set(answer) == {"answer", "citations", "model", "adapter", "answer_id"}
+    assert answer["model"] == base_model_dir and answer["adapter"] is None and answer["answer"]
+    [first, *_] = answer["citations"]
+    assert set(first) == {"source", "title", "quote"}
+    assert first["source"] == "handbook/leave-policy.md" and "10 days" in first["quote"]
+
+    readable = kbot("ask", "How many days of sick leave do I get?", "-c", "hr", cwd=cwd, env=env)
+    assert readable.returncode == 0, readable.stderr
+    assert "Sources:\n  [1] Leave policy (handbook/leave-policy.md)" in readable.stdout

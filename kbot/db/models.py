@@ -79,3 +79,52 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer)
 
     document: Mapped[Document] = relationship(back_populates="chunks")
+
+
+# --- agent/: the answer log and the adapter registry ---
+
+
+class Adapter(Base):
+    """A LoRA adapter version. At most one is active; files live in ``KBOT_DATA_DIR/adapters``."""
+
+    __tablename__ = "adapters"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_model: Mapped[str] = mapped_column(String(512))
+    path: Mapped[str] = mapped_column(String(2048))
+    active: Mapped[bool] = mapped_column(default=False, index=True)
+    # What it was trained on (counts, data hash, config) and how it scored: read by the eval gate.
+    training: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    scores: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Answer(Base):
+    """Every answer kbot gave, with everything needed to learn from feedback on it later.
+
+    ``messages`` is the exact message list the model saw (system, history, sources, question):
+    preference pairs are built on it, so it must never be reconstructed after the fact.
+    """
+
+    __tablename__ = "answers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    asker: Mapped[str] = mapped_column(String(256))
+    channel: Mapped[str] = mapped_column(String(256), default="")
+    thread: Mapped[str] = mapped_column(String(256), default="", index=True)
+    collections: Mapped[list[str]] = mapped_column(JSON)
+    question: Mapped[str] = mapped_column(String)
+    search_query: Mapped[str] = mapped_column(String)
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    retrieved: Mapped[list[dict[str, object]]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(String)
+    citations: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    # ok | not_found | error
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(String, default="")
+    base_model: Mapped[str] = mapped_column(String(512))
+    adapter_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)

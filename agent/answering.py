@@ -1,0 +1,228 @@
+"""The one entry point for answering: question in, streamed answer out, every answer logged.
+
+Chat adapters and the CLI call :meth:`Answerer.stream` (or :meth:`Answerer.ask`). Failures of the
+model, the vector store or the database become an answer with ``status="error"`` and a short
+message for the user, within ``model_timeout_s``; they are logged, never raised into the adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from agent.adapters import AdapterRegistry
+from agent.answer_log import AnswerRecord, record_answer
+from agent.backends import ModelBackend
+from agent.graph import AnswerContext, AnswerState, build_graph
+from kbot.errors import KbotError
+from kbot.settings import Settings
+from knowledge.base import KnowledgeBase
+
+log = logging.getLogger(__name__)
+ERROR_MESSAGE = "Sorry, I could not answer this right now: {reason}"
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    collections: list[str]
+    groups: list[str] = field(default_factory=list)
+    asker: str = "cli"
+    platform: str = "cli"
+    channel: str = ""
+    thread: str = ""
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    answer_id: str
+    answer: str
+    citations: list[dict[str, Any]]
+    status: str  # ok | not_found | error
+    model: str
+    adapter: str | None
+    latency_ms: int
+    error: str = ""
+
+
+def open_backend(settings: Settings) -> ModelBackend:
+    if settings.model_backend == "openai":
+        from agent.backends.openai import OpenAIBackend
+
+        key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
+        assert settings.model_url is not None  # Settings validates this
+        return OpenAIBackend(
+            settings.model_url, model=settings.base_model, api_key=key, timeout=settings.model_timeout_s
+        )
+    from agent.backends.local import LocalBackend
+    from agent.base_model import resolve_base_model
+
+    path = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    return LocalBackend(path, name=settings.base_model, device=settings.model_device)
+
+
+class Answerer:
+    def __init__(
+        self,
+        settings: Settings,
+        kb: KnowledgeBase,
+        backend: ModelBackend,
+        checkpointer: Any,
+        exits: AsyncExitStack,
+    ) -> None:
+        self.settings = settings
+        self.kb = kb
+        self.backend = backend
+        self.adapters = AdapterRegistry(kb.db)
+        self._graph = build_graph().compile(checkpointer=checkpointer)
+        self._exits = exits
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, *, kb: KnowledgeBase | None = None, backend: ModelBackend | None = None
+    ) -> Answerer:
+        """Build from settings; a ``kb`` or ``backend`` passed in stays the caller's to close."""
+        exits = AsyncExitStack()
+        if kb is None:
+            kb = await KnowledgeBase.open(settings)
+            exits.push_async_callback(kb.close)
+        if backend is None:
+            backend = await asyncio.to_thread(open_backend, settings)
+            exits.push_async_callback(backend.close)
+        checkpointer = await exits.enter_async_context(_checkpointer(settings))
+        return cls(settings, kb, backend, checkpointer, exits)
+
+    async def ask(self, question: Question) -> AnswerResult:
+        async for item in self.stream(question):
+            if isinstance(item, AnswerResult):
+                return item
+        raise AssertionError("stream() always ends with an AnswerResult")
+
+    async def stream(self, question: Question) -> AsyncIterator[str | AnswerResult]:
+        """Yield the answer's text as it grows, then one :class:`AnswerResult`."""
+        started = time.perf_counter()
+        answer_id = str(uuid.uuid4())
+        thread_id = (
+            f"{question.platform}:{question.channel}:{question.thread}" if question.thread else answer_id
+        )
+        state: AnswerState = {}
+        adapter = None
+        error = ""
+        try:
+            adapter_info = await self.adapters.active()
+            adapter = adapter_info.ref if adapter_info else None
+            context = AnswerContext(
+                kb=self.kb,
+                backend=self.backend,
+                collections=question.collections,
+                groups=question.groups,
+                adapter=adapter,
+                system_prompt=self.settings.system_prompt,
+                sources=self.settings.answer_sources,
+                min_relevance=self.settings.min_relevance,
+                max_new_tokens=self.settings.max_new_tokens,
+            )
+            config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+            initial: AnswerState = {"question": question.text}
+            async with asyncio.timeout(self.settings.model_timeout_s):
+                async for mode, chunk in self._graph.astream(
+                    initial, config, context=context, stream_mode=["custom", "values"]
+                ):
+                    if mode == "custom":
+                        yield str(chunk["token"])  # type: ignore[index]
+                    else:
+                        state = chunk  # type: ignore[assignment]
+        except TimeoutError:
+            error = f"the model did not finish within {self.settings.model_timeout_s:g} s"
+        except KbotError as exc:
+            error = str(exc)
+        if error:
+            log.warning("answer %s failed: %s", answer_id, error)
+            text = ERROR_MESSAGE.format(reason=error)
+            yield text
+        result = AnswerResult(
+            answer_id=answer_id,
+            answer=text if error else state.get("answer", ""),
+            citations=[dict(c) for c in state.get("citations", [])] if not error else [],
+            status="error" if error else state.get("status", "error"),
+            model=self.backend.base_model,
+            adapter=adapter.version if adapter else None,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            error=error,
+        )
+        await self._log(question, state, result)
+        yield result
+
+    async def _log(self, question: Question, state: AnswerState, result: AnswerResult) -> None:
+        try:
+            await record_answer(
+                self.kb.db,
+                AnswerRecord(
+                    id=result.answer_id,
+                    platform=question.platform,
+                    asker=question.asker,
+                    channel=question.channel,
+                    thread=question.thread,
+                    collections=question.collections,
+                    question=question.text,
+                    search_query=state.get("search_query", question.text),
+                    messages=[
+                        {"role": m["role"], "content": m["content"]} for m in state.get("messages", [])
+                    ],
+                    retrieved=[
+                        {"chunk_id": h["chunk_id"], "score": h["score"], "source": h["source"]}
+                        for h in state.get("retrieved", [])
+                    ],
+                    answer=result.answer,
+                    citations=result.citations,
+                    status=result.status,
+                    error=result.error,
+                    base_model=result.model,
+                    adapter_version=result.adapter,
+                    latency_ms=result.latency_ms,
+                ),
+            )
+        except KbotError as exc:
+            log.error("could not write answer %s to the answer log: %s", result.answer_id, exc)
+
+    async def close(self) -> None:
+        await self._exits.aclose()
+
+
+def _checkpointer(settings: Settings) -> Any:
+    """Conversation memory per thread: SQLite beside the data, or the PostgreSQL store."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.sql_url)
+    if url.get_backend_name() == "postgresql":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return _setup(AsyncPostgresSaver.from_conn_string(conninfo))
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return _setup(AsyncSqliteSaver.from_conn_string(str(settings.data_dir / "conversations.db")))
+
+
+class _setup:
+    """Enter a saver's context and create its tables."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> Any:
+        saver = await self._manager.__aenter__()
+        await saver.setup()
+        return saver
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._manager.__aexit__(*exc)

@@ -1,0 +1,156 @@
+"""transformers + peft in this process: the embedded default, on CUDA when available.
+
+One model is loaded once; LoRA adapters are attached to it by version on first use and switched
+per request (``set_adapter``), so a newly promoted adapter is served without a restart. One
+generation runs at a time: the model and its active adapter are shared state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from agent.backends import AdapterRef, Message
+from kbot.errors import AdapterError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend:
+    def __init__(self, model_path: str, *, name: str, device: str | None = None) -> None:
+        self._path = model_path
+        self._name = name
+        self._device = device
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._adapters: set[str] = set()
+        self._load_lock = threading.Lock()
+        self._generate_lock = asyncio.Lock()
+
+    @property
+    def base_model(self) -> str:
+        return self._name
+
+    async def stream(
+        self, messages: Sequence[Message], *, adapter: AdapterRef | None, max_new_tokens: int
+    ) -> AsyncIterator[str]:
+        async with self._generate_lock:
+            await asyncio.to_thread(self._load)
+            await asyncio.to_thread(self._select_adapter, adapter)
+            queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+            stop = threading.Event()
+            loop = asyncio.get_running_loop()
+            worker = threading.Thread(
+                target=self._generate, args=(list(messages), max_new_tokens, queue, loop, stop), daemon=True
+            )
+            worker.start()
+            try:
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise ModelError(f"The local model failed while answering: {item}") from item
+                    yield item
+            finally:
+                # Cancelled or timed out: tell generate() to stop at the next token.
+                stop.set()
+                await asyncio.to_thread(worker.join)
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            import torch
+            import transformers
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self._path)
+                model: Any = AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype)
+            except (OSError, ValueError) as exc:
+                raise ModelError(
+                    f"Cannot load the base model {self._name!r} from {self._path}: {exc}"
+                ) from exc
+            self._model = model.to(device).eval()
+            log.info("loaded %s on %s", self._name, device)
+
+    def _select_adapter(self, adapter: AdapterRef | None) -> None:
+        from peft import PeftModel
+
+        if adapter is None:
+            if self._adapters:
+                self._model.base_model.disable_adapter_layers()
+            return
+        if not (adapter.path / "adapter_config.json").is_file():
+            raise AdapterError(f"Adapter {adapter.version} has no files at {adapter.path}.")
+        try:
+            if not self._adapters:
+                # The first adapter wraps the model; later ones are added beside it.
+                self._model = PeftModel.from_pretrained(
+                    self._model, adapter.path, adapter_name=adapter.version
+                )
+            elif adapter.version not in self._adapters:
+                self._model.load_adapter(adapter.path, adapter_name=adapter.version)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise AdapterError(f"Adapter {adapter.version} does not load onto {self._name}: {exc}") from exc
+        self._adapters.add(adapter.version)
+        self._model.base_model.enable_adapter_layers()
+        self._model.set_adapter(adapter.version)
+        self._model.eval()
+
+    def _generate(
+        self,
+        messages: list[Message],
+        max_new_tokens: int,
+        queue: asyncio.Queue[str | BaseException | None],
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return stop.is_set()
+
+        def put(item: str | BaseException | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        try:
+            inputs = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(self._model.device)
+            streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+            runner = threading.Thread(
+                target=self._run_generate,
+                args=(inputs, streamer, max_new_tokens, StoppingCriteriaList([_Stop()]), torch),
+                daemon=True,
+            )
+            runner.start()
+            for text in streamer:
+                if text:
+                    put(text)
+            runner.join()
+            put(None)
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the waiting answer, not vanish in a thread
+            put(exc)
+
+    def _run_generate(
+        self, inputs: Any, streamer: Any, max_new_tokens: int, stopping: Any, torch: Any
+    ) -> None:
+        with torch.inference_mode():
+            self._model.generate(
+                **inputs,
+                streamer=streamer,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stopping_criteria=stopping,
+                pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+            )
+
+    async def close(self) -> None:
+        self._model = None

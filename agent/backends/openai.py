@@ -1,0 +1,84 @@
+"""Any OpenAI-compatible chat server (vLLM in production) over HTTP, streaming by SSE.
+
+With vLLM started as ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, an adapter
+is loaded at runtime by ``POST /v1/load_lora_adapter {lora_name, lora_path}`` (the path as the
+server sees it) and chosen per request by passing its name as ``model``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+
+from agent.backends import AdapterRef, Message
+from kbot.errors import AdapterError, ModelError
+
+
+class OpenAIBackend:
+    def __init__(
+        self, base_url: str, *, model: str, api_key: str | None = None, timeout: float = 120.0
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._model = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+        self._loaded: set[str] = set()
+
+    @property
+    def base_model(self) -> str:
+        return self._model
+
+    async def load_adapter(self, adapter: AdapterRef) -> None:
+        """Load an adapter into the server (idempotent: "already loaded" counts as success)."""
+        body = {"lora_name": adapter.version, "lora_path": str(adapter.path)}
+        try:
+            response = await self._client.post(f"{self._base}/load_lora_adapter", json=body)
+        except httpx.HTTPError as exc:
+            raise ModelError(f"Cannot reach the model server at {self._base}: {exc}") from exc
+        if response.status_code >= 400 and "already" not in response.text.lower():
+            raise AdapterError(
+                f"The model server refused adapter {adapter.version} "
+                f"({response.status_code}): {response.text[:300]}"
+            )
+        self._loaded.add(adapter.version)
+
+    async def stream(
+        self, messages: Sequence[Message], *, adapter: AdapterRef | None, max_new_tokens: int
+    ) -> AsyncIterator[str]:
+        if adapter is not None and adapter.version not in self._loaded:
+            await self.load_adapter(adapter)
+        body = {
+            "model": adapter.version if adapter else self._model,
+            "messages": list(messages),
+            "max_tokens": max_new_tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+        try:
+            async with self._client.stream("POST", f"{self._base}/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    detail = (await response.aread()).decode(errors="replace")[:300]
+                    raise ModelError(f"The model server answered {response.status_code}: {detail}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    if text := _delta_text(data):
+                        yield text
+        except httpx.HTTPError as exc:
+            raise ModelError(f"The model server at {self._base} failed: {exc!r}") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _delta_text(data: str) -> str:
+    try:
+        chunk = json.loads(data)
+        return str(chunk["choices"][0]["delta"].get("content") or "")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ModelError(f"The model server sent a malformed stream chunk: {data[:200]}") from exc

@@ -1,0 +1,64 @@
+"""A local stand-in for an OpenAI-compatible server (vLLM's API): it records every request and
+streams a canned answer as server-sent events, like the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class FakeOpenAI:
+    answer: str = "Sick leave is 10 days per year [1]."
+    delay_s: float = 0.0
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    adapters: set[str] = field(default_factory=set)
+    url: str = ""
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(("chat", body))
+        if body["model"] not in {"served-base", *self.adapters}:
+            return web.json_response({"error": {"message": f"model {body['model']} not found"}}, status=404)
+        await asyncio.sleep(self.delay_s)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in self.answer.split(" "):
+            chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(("load_lora_adapter", body))
+        if body["lora_name"] in self.adapters:
+            return web.Response(
+                status=400, text=f"The lora adapter '{body['lora_name']}' has already been loaded."
+            )
+        self.adapters.add(body["lora_name"])
+        return web.Response(text="Success")
+
+
+@asynccontextmanager
+async def fake_openai_server(**kwargs: Any) -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI(**kwargs)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_post("/v1/load_lora_adapter", fake.load_lora)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
