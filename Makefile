@@ -40,6 +40,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/answer.py
 
 clean:
 	rm -rf .kbot .pytest_cache .mypy_cache .ruff_cache
