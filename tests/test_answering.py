@@ -226,3 +226,29 @@ async def test_registry_refuses_what_it_cannot_serve(answerer: Answerer, tmp_pat
         await answerer.adapters.register("v9", base_model=BUNDLED, path=tmp_path)
     assert [a.version for a in await answerer.adapters.list()] == ["v9"]
     assert await answerer.adapters.active() is None
+
+
+@pytest.mark.postgres
+async def test_thread_memory_on_postgresql(settings: Settings, embedder, postgres_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Scale-out configuration: PostgreSQL store (and checkpointer), qdrant-client, vLLM-style server."""
+    from tests.conftest import clear_tables
+
+    scaled = settings.model_copy(update={"database_url": postgres_url, "qdrant_url": ":memory:"})
+    kb = await KnowledgeBase.open(scaled, embedder=embedder)
+    await kb.ingest([str(EXAMPLES)], "hr")
+    async with fake_openai_server() as fake:
+        backend = OpenAIBackend(fake.url, model="served-base")
+        a = await Answerer.open(scaled, kb=kb, backend=backend)
+        thread = f"pg-{time.time_ns()}"
+        await a.ask(Question("How long is parental leave?", ["hr"], thread=thread))
+        await a.close()
+        # A new Answerer (as after a restart, or on another replica) still knows the thread.
+        b = await Answerer.open(scaled, kb=kb, backend=backend)
+        second = await b.ask(Question("Within how many months must it be taken?", ["hr"], thread=thread))
+        row = await logged(b, second.answer_id)
+        assert [m["role"] for m in row.messages] == ["system", "user", "assistant", "user"]
+        assert row.messages[2]["content"] == "Sick leave is 10 days per year [1]."
+        await b.close()
+        await backend.close()
+    await clear_tables(kb.db)
+    await kb.close()
