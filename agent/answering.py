@@ -19,9 +19,10 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from agent.adapters import AdapterRegistry
-from agent.answer_log import AnswerRecord, record_answer
+from agent.answer_log import record_answer
 from agent.backends import ModelBackend
 from agent.graph import AnswerContext, AnswerState, build_graph
+from kbot.db.models import Answer
 from kbot.errors import KbotError
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
@@ -165,7 +166,7 @@ class Answerer:
         try:
             await record_answer(
                 self.kb.db,
-                AnswerRecord(
+                Answer(
                     id=result.answer_id,
                     platform=question.platform,
                     asker=question.asker,
