@@ -176,7 +176,7 @@ def search(
         for rank, hit in enumerate(hits, 1):
             heading = hit.heading.removeprefix(hit.title).removeprefix(" > ")
             where = f" › {heading}" if heading else ""
-            typer.echo(f"{rank}. {hit.title}{where}  ({hit.source}, score {hit.score:.4f})")
+            typer.echo(f"{rank}. {hit.title}{where}  ({hit.source}, score {hit.score:.3g})")
             snippet = " ".join(hit.text.split())
             typer.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}\n")
 
