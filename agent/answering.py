@@ -8,6 +8,7 @@ message for the user, within ``model_timeout_s``; they are logged, never raised 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -133,14 +134,24 @@ class Answerer:
             )
             config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
             initial: AnswerState = {"question": question.text}
-            async with asyncio.timeout(self.settings.model_timeout_s):
-                async for mode, chunk in self._graph.astream(
-                    initial, config, context=context, stream_mode=["custom", "values"]
-                ):
+            # The graph runs in its own task under the deadline and hands over tokens by queue, so
+            # the time a caller spends between tokens (posting to Slack, say) never counts against
+            # the model, and a timeout can never fire inside the caller's code.
+            queue: asyncio.Queue[tuple[str, Any] | BaseException | None] = asyncio.Queue()
+            producer = asyncio.create_task(self._produce(initial, config, context, queue))
+            try:
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    mode, chunk = item
                     if mode == "custom":
-                        yield str(chunk["token"])  # type: ignore[index]
+                        yield str(chunk["token"])
                     else:
-                        state = chunk  # type: ignore[assignment]
+                        state = chunk
+            finally:
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
         except TimeoutError:
             error = f"the model did not finish within {self.settings.model_timeout_s:g} s"
         except KbotError as exc:
@@ -161,6 +172,24 @@ class Answerer:
         )
         await self._log(question, state, result)
         yield result
+
+    async def _produce(
+        self,
+        initial: AnswerState,
+        config: RunnableConfig,
+        context: AnswerContext,
+        queue: asyncio.Queue[tuple[str, Any] | BaseException | None],
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.settings.model_timeout_s):
+                async for item in self._graph.astream(
+                    initial, config, context=context, stream_mode=["custom", "values"]
+                ):
+                    queue.put_nowait(item)  # type: ignore[arg-type]  # (mode, chunk) with two stream modes
+        except Exception as exc:  # noqa: BLE001 - handed to stream(), which re-raises it in the caller's task
+            queue.put_nowait(exc)
+            return
+        queue.put_nowait(None)
 
     async def _log(self, question: Question, state: AnswerState, result: AnswerResult) -> None:
         try:

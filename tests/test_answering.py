@@ -252,3 +252,27 @@ async def test_thread_memory_on_postgresql(settings: Settings, embedder, postgre
         await backend.close()
     await clear_tables(kb.db)
     await kb.close()
+
+
+async def test_a_slow_consumer_does_not_eat_the_model_deadline(
+    settings: Settings, handbook_kb: KnowledgeBase
+) -> None:
+    """A chat adapter that awaits between tokens (posting updates) must not trip the timeout."""
+    import asyncio
+
+    async with fake_openai_server() as fake:
+        backend = OpenAIBackend(fake.url, model="served-base")
+        quick = settings.model_copy(update={"model_timeout_s": 1.0})
+        a = await Answerer.open(quick, kb=handbook_kb, backend=backend)
+        tokens = 0
+        started = time.perf_counter()
+        async for item in a.stream(Question("How many days of sick leave do I get?", ["hr"])):
+            if isinstance(item, str):
+                tokens += 1
+                await asyncio.sleep(0.2)
+            else:
+                result = item
+        assert time.perf_counter() - started > 1.0  # longer than the deadline, spent by the consumer
+        assert result.status == "ok" and tokens == len(fake.answer.split(" "))
+        await a.close()
+        await backend.close()
