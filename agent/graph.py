@@ -7,6 +7,7 @@ follow-up question in the same thread sees the earlier turns.
 
 from __future__ import annotations
 
+import asyncio
 import operator
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypedDict
@@ -85,7 +86,7 @@ async def judge(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str
     overlap = [len(wanted & keywords(f"{h.title} {h.heading} {h.text}")) / max(1, len(wanted)) for h in hits]
     relevance = overlap
     if ctx.kb.embedder.coverage(query) >= MIN_DENSE_COVERAGE:
-        vectors = ctx.kb.embedder.embed([query, *(h.text for h in hits)])
+        vectors = await asyncio.to_thread(ctx.kb.embedder.embed, [query, *(h.text for h in hits)])
         cosine = (vectors[1:] @ vectors[0]).tolist()
         relevance = [max(a, float(b)) for a, b in zip(overlap, cosine, strict=True)]
     # Retrieval's order stands: relevance only decides what is kept.
