@@ -151,10 +151,6 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
 
-    @property
-    def adapters_dir(self) -> Path:
-        return self.data_dir / "adapters"
-
     @classmethod
     def settings_customise_sources(
         cls,

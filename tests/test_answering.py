@@ -276,3 +276,28 @@ async def test_a_slow_consumer_does_not_eat_the_model_deadline(
         assert result.status == "ok" and tokens == len(fake.answer.split(" "))
         await a.close()
         await backend.close()
+
+
+async def test_a_failing_local_generate_is_an_error_not_a_hang(
+    local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    async def drain() -> str:
+        return "".join(
+            [
+                t
+                async for t in local_backend.stream(
+                    [{"role": "user", "content": "hi"}], adapter=None, max_new_tokens=5
+                )
+            ]
+        )
+
+    await drain()  # loads the model
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(local_backend._model, "generate", broken)
+    with pytest.raises(ModelError, match="out of memory"):
+        await asyncio.wait_for(drain(), timeout=30)

@@ -110,47 +110,39 @@ class LocalBackend:
         loop: asyncio.AbstractEventLoop,
         stop: threading.Event,
     ) -> None:
+        """Runs in one worker thread: generate() pushes text to the queue as it decodes it."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+        def put(item: str | BaseException | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        class _ToQueue(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    put(text)
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return stop.is_set()
 
-        def put(item: str | BaseException | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
         try:
             inputs = self._tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             ).to(self._model.device)
-            streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
-            runner = threading.Thread(
-                target=self._run_generate,
-                args=(inputs, streamer, max_new_tokens, StoppingCriteriaList([_Stop()]), torch),
-                daemon=True,
-            )
-            runner.start()
-            for text in streamer:
-                if text:
-                    put(text)
-            runner.join()
-            put(None)
+            with torch.inference_mode():
+                self._model.generate(
+                    **inputs,
+                    streamer=_ToQueue(self._tokenizer, skip_prompt=True, skip_special_tokens=True),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    stopping_criteria=StoppingCriteriaList([_Stop()]),
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                )
         except Exception as exc:  # noqa: BLE001 - any failure must reach the waiting answer, not vanish in a thread
             put(exc)
-
-    def _run_generate(
-        self, inputs: Any, streamer: Any, max_new_tokens: int, stopping: Any, torch: Any
-    ) -> None:
-        with torch.inference_mode():
-            self._model.generate(
-                **inputs,
-                streamer=streamer,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                stopping_criteria=stopping,
-                pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
-            )
+        else:
+            put(None)
 
     async def close(self) -> None:
         self._model = None
