@@ -15,9 +15,11 @@ the cause while users read the sentence.
     │   │   └── DocumentLoadError      the file exists but could not be read or parsed
     │   ├── EmbeddingError          the embedding model could not be loaded or run
     │   └── VectorStoreError        Qdrant (embedded or server) failed or is misconfigured
-    └── AgentError
-        ├── ModelError              the chat model could not be loaded, reached or finished in time
-        └── AdapterError            a LoRA adapter is unknown, missing or does not fit the base model
+    ├── AgentError
+    │   ├── ModelError              the chat model could not be loaded, reached or finished in time
+    │   └── AdapterError            a LoRA adapter is unknown, missing or does not fit the base model
+    ├── ChatError                   a chat platform (Slack, Teams) refused or failed a call
+    └── FeedbackError               feedback names an answer kbot does not know, or is malformed
 """
 
 from __future__ import annotations
@@ -90,3 +92,11 @@ class ModelError(AgentError):
 
 class AdapterError(AgentError):
     """A LoRA adapter is unknown, missing on disk, or does not fit the base model."""
+
+
+class ChatError(KbotError):
+    """A chat platform (Slack, Teams) refused or failed a call."""
+
+
+class FeedbackError(KbotError):
+    """Feedback names an answer kbot does not know, or is malformed."""

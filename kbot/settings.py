@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,23 @@ from pydantic_settings import (
 from kbot.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SCOPE_KEY = re.compile(r"^(slack|teams|web):\S+$")
+
+
+class ChannelPolicy(BaseModel):
+    """What kbot may do in one chat channel (see :attr:`Settings.channels`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    collections: list[str] = Field(
+        default_factory=list, description="Collections searched for questions asked here; empty = all."
+    )
+    mention_only: bool = Field(
+        default=True,
+        description="Answer only when mentioned (and in threads kbot answered in); false answers "
+        "every message posted in the channel.",
+    )
+    enabled: bool = Field(default=True, description="False: kbot stays silent here.")
 
 
 class Settings(BaseSettings):
@@ -111,11 +128,64 @@ class Settings(BaseSettings):
         "question's keywords it contains, reaches this.",
     )
 
+
+    # --- chat platforms and the server (`kbot serve`) ---
+    server_host: str = Field(default="127.0.0.1", description="Address `kbot serve` listens on.")
+    server_port: int = Field(default=8080, ge=0, le=65535, description="Port `kbot serve` listens on.")
+    slack_signing_secret: SecretStr | None = Field(
+        default=None, description="Slack app's signing secret (Basic Information); verifies every request."
+    )
+    slack_bot_token: SecretStr | None = Field(default=None, description="Slack bot token (xoxb-...).")
+    slack_app_token: SecretStr | None = Field(
+        default=None, description="Slack app-level token (xapp-...), needed only for Socket Mode."
+    )
+    slack_api_url: str = Field(
+        default="https://slack.com/api/", description="Slack Web API base URL (a proxy, or a fake in tests)."
+    )
+    slack_update_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Least time between two updates of a streaming answer (Slack rate-limits chat.update).",
+    )
+    channels: dict[str, ChannelPolicy] = Field(
+        default_factory=dict,
+        description='Per-channel policy, keyed "slack:C0123" (a channel or DM id), "slack:*" (every '
+        'Slack channel without its own entry) or "*" (everywhere). Unlisted: all collections, mention only.',
+    )
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='ACL groups of askers, keyed "slack:U0123" (a user), "slack:S0123" (a user group: '
+        'its members) or "slack:*" (every Slack user). Documents ingested with --acl are shown only to '
+        "askers in one of their groups.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=10, ge=0, description="Questions one person may ask per minute (0 = no limit)."
+    )
+    source_links: dict[str, str] = Field(
+        default_factory=dict,
+        description="Turns citation sources into links: a source starting with a key gets that prefix "
+        'replaced by the value, e.g. {"handbook/" = "https://wiki.example.com/handbook/"}. Sources that '
+        "are already URLs are linked as they are.",
+    )
+
     @field_validator("model_backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
         if value not in ("local", "openai"):
             raise ValueError("use local or openai")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("channels", "groups")
+    @classmethod
+    def _check_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key != "*" and not _SCOPE_KEY.match(key):
+                raise ValueError(f'key {key!r} must look like "slack:C0123", "teams:<id>", "slack:*" or "*"')
         return value
 
     @field_validator("qdrant_collection")
@@ -135,6 +205,11 @@ class Settings(BaseSettings):
             raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
         if self.model_backend == "openai" and not self.model_url:
             raise ValueError("model_backend openai needs model_url (e.g. http://vllm:8000/v1)")
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Slack is on when both its signing secret and bot token are set."""
+        return self.slack_signing_secret is not None and self.slack_bot_token is not None
 
     @property
     def sql_url(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -108,6 +108,8 @@ class Answer(Base):
     """
 
     __tablename__ = "answers"
+    # "Did kbot answer in this thread?" decides whether a follow-up needs a mention.
+    __table_args__ = (Index("ix_answers_platform_channel_thread", "platform", "channel", "thread"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -128,3 +130,71 @@ class Answer(Base):
     base_model: Mapped[str] = mapped_column(String(512))
     adapter_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     latency_ms: Mapped[int] = mapped_column(Integer)
+
+
+# --- bot/: inbound event ledger (dedupe + rate limits) and where each answer was posted ---
+
+
+class InboundEvent(Base):
+    """One accepted chat event. The key is unique, so replicas agree on who handles an event.
+
+    ``key`` is platform-qualified (``slack:msg:C1:1700000000.000100``); ``kind`` is ``question``
+    for messages kbot answers (counted by the per-user rate limit) or ``event`` for the rest.
+    """
+
+    __tablename__ = "inbound_events"
+    # The rate limit counts one person's recent questions.
+    __table_args__ = (Index("ix_inbound_events_actor", "platform", "actor", "received_at"),)
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(256))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class AnswerMessage(Base):
+    """A chat message that shows (part of) an answer: reactions on it are votes on that answer."""
+
+    __tablename__ = "answer_messages"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(256), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    answer_id: Mapped[str] = mapped_column(String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+
+
+# --- finetune/: the vote log and corrections, what the learning loop trains on ---
+
+
+class Vote(Base):
+    """A person's live vote on an answer: +1 or -1. One per (answer, voter); a change replaces it."""
+
+    __tablename__ = "votes"
+    __table_args__ = (UniqueConstraint("answer_id", "voter", name="uq_votes_answer_voter"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    answer_id: Mapped[str] = mapped_column(String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    voter: Mapped[str] = mapped_column(String(256))
+    value: Mapped[int] = mapped_column(Integer)
+    # reaction | button | feedback (Teams' feedback dialog) | web
+    origin: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str] = mapped_column(String, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Correction(Base):
+    """A better answer written by a person. One per (answer, author); editing replaces it."""
+
+    __tablename__ = "corrections"
+    __table_args__ = (UniqueConstraint("answer_id", "author", name="uq_corrections_answer_author"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    answer_id: Mapped[str] = mapped_column(String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    author: Mapped[str] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
