@@ -16,7 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from kbot.errors import KbotError
+from kbot.errors import ConfigError, KbotError
 from kbot.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -279,6 +279,45 @@ def collections(
             typer.echo(f"{s.name:<{width}}  {s.documents:>9}  {s.chunks:>8}  {s.embedding_model}")
 
     _run(go)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default KBOT_SERVER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default KBOT_SERVER_PORT).")] = None,
+    slack_socket_mode: Annotated[
+        bool,
+        typer.Option(
+            "--slack-socket-mode",
+            help="Receive Slack events over an outbound WebSocket instead of POST /slack/events "
+            "(needs KBOT_SLACK_APP_TOKEN); for workspaces that cannot expose a URL.",
+        ),
+    ] = False,
+) -> None:
+    """Run the chat server: Slack (and later Teams and the web chat) on one port.
+
+    Slack turns on when KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN are set; point the
+    Slack app's Event Subscriptions and Interactivity request URLs at https://HOST/slack/events.
+    Health check: GET /healthz. Stop with Ctrl-C: answers in flight are finished first.
+
+    Example:  KBOT_SLACK_SIGNING_SECRET=... KBOT_SLACK_BOT_TOKEN=xoxb-... kbot serve --host 0.0.0.0
+    """
+    from bot.server import serve as run_server
+
+    settings = _settings()
+    if slack_socket_mode and settings.slack_app_token is None:
+        raise ConfigError(
+            "--slack-socket-mode needs an app-level token: set KBOT_SLACK_APP_TOKEN (xapp-...)."
+        )
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    _run(
+        lambda: run_server(
+            settings,
+            host=host or settings.server_host,
+            port=settings.server_port if port is None else port,
+            socket_mode=slack_socket_mode,
+        )
+    )
 
 
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)

@@ -128,7 +128,6 @@ class Settings(BaseSettings):
         "question's keywords it contains, reaches this.",
     )
 
-
     # --- chat platforms and the server (`kbot serve`) ---
     server_host: str = Field(default="127.0.0.1", description="Address `kbot serve` listens on.")
     server_port: int = Field(default=8080, ge=0, le=65535, description="Port `kbot serve` listens on.")

@@ -34,7 +34,9 @@ async def test_migrations_and_models_do_not_drift(database: Database) -> None:
     def diff(conn: object) -> list[object]:
         context = MigrationContext.configure(
             conn,  # type: ignore[arg-type]
-            opts={"include_name": lambda name, kind, _p: kind != "table" or not name.startswith("checkpoint")},
+            opts={
+                "include_name": lambda name, kind, _p: kind != "table" or not name.startswith("checkpoint")
+            },
         )
         return list(compare_metadata(context, Base.metadata))
 

@@ -54,9 +54,30 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction: committed on success, rolled back on error."""
-        async with self._sessions() as session, session.begin():
-            yield session
+        """A session in a transaction: committed on success, rolled back on error.
+
+        Failures of the database itself (unreachable, constraint violated) leave as
+        :class:`StoreError`, so every caller can tell the user something plain.
+        """
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(f"The SQL store at {self.display_url} failed: {_reason(exc)}") from exc
+
+    def insert(self, table: Any) -> Any:
+        """An INSERT with this dialect's ``on_conflict_do_nothing`` / ``on_conflict_do_update``.
+
+        SQLite and PostgreSQL spell upserts the same way in SQLAlchemy, but through their own
+        dialect's ``insert``; the two are the only dialects kbot supports.
+        """
+        if self.url.get_backend_name() == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
 
     async def migrate(self) -> None:
         """Upgrade the schema to the newest Alembic revision.

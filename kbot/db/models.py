@@ -161,7 +161,9 @@ class AnswerMessage(Base):
     platform: Mapped[str] = mapped_column(String(32), primary_key=True)
     channel: Mapped[str] = mapped_column(String(256), primary_key=True)
     message_id: Mapped[str] = mapped_column(String(256), primary_key=True)
-    answer_id: Mapped[str] = mapped_column(String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+    answer_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True
+    )
 
 
 # --- finetune/: the vote log and corrections, what the learning loop trains on ---
@@ -174,7 +176,9 @@ class Vote(Base):
     __table_args__ = (UniqueConstraint("answer_id", "voter", name="uq_votes_answer_voter"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    answer_id: Mapped[str] = mapped_column(String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+    answer_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True
+    )
     platform: Mapped[str] = mapped_column(String(32))
     voter: Mapped[str] = mapped_column(String(256))
     value: Mapped[int] = mapped_column(Integer)
@@ -192,7 +196,9 @@ class Correction(Base):
     __table_args__ = (UniqueConstraint("answer_id", "author", name="uq_corrections_answer_author"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    answer_id: Mapped[str] = mapped_column(String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+    answer_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("answers.id", ondelete="CASCADE"), index=True
+    )
     platform: Mapped[str] = mapped_column(String(32))
     author: Mapped[str] = mapped_column(String(256))
     text: Mapped[str] = mapped_column(String)

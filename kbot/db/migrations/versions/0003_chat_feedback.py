@@ -14,7 +14,9 @@ depends_on = None
 
 
 def _answer_fk() -> sa.Column:  # type: ignore[type-arg]
-    return sa.Column("answer_id", sa.String(36), sa.ForeignKey("answers.id", ondelete="CASCADE"), nullable=False)
+    return sa.Column(
+        "answer_id", sa.String(36), sa.ForeignKey("answers.id", ondelete="CASCADE"), nullable=False
+    )
 
 
 def upgrade() -> None:

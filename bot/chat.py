@@ -1,0 +1,213 @@
+"""The platform-neutral chat service: every adapter turns its payloads into these types and calls it.
+
+An adapter (Slack, Teams, web) translates a platform event into an :class:`IncomingMessage` plus a
+:class:`Reply` that knows how to show things on that platform, and calls :meth:`ChatService.submit`;
+feedback becomes a :class:`FeedbackEvent` for :meth:`ChatService.feedback`. Everything else —
+whether to answer at all, dedupe across replicas, rate limits, collections and ACL groups, the
+answer itself, the vote log — happens here, the same for every platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal, Protocol
+
+from agent.answering import Answerer, AnswerResult, Question
+from bot.access import Access
+from bot.ledger import ChatLedger
+from finetune.votes import VoteLog
+from kbot.errors import KbotError
+from kbot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW = timedelta(minutes=1)
+LEDGER_RETENTION = timedelta(days=2)
+RATE_LIMITED = (
+    "You're asking faster than I can keep up (at most {limit} questions a minute). "
+    "Please wait a moment and ask again."
+)
+NO_DOCUMENTS = "I have no documents to answer from yet. Ask an admin to add some with `kbot ingest`."
+FAILED = "Sorry, something went wrong on my side and I could not answer: {reason} Please try again later."
+
+Outcome = Literal["answered", "ignored", "duplicate", "rate_limited", "failed"]
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message someone wrote where kbot can see it."""
+
+    platform: str
+    key: str  # unique per message on the platform: the dedupe key
+    user: str
+    channel: str
+    thread: str  # conversation (memory) and reply thread; "" for none
+    text: str
+    addressed: bool  # a mention or a direct message: answer whatever the channel policy says
+    in_thread: bool = False  # posted as a reply inside an existing thread
+    identities: tuple[str, ...] = ()  # more ids of the user for Settings.groups (user groups, team)
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """A vote, a vote taken back, or a correction, on an answer or on a message showing one."""
+
+    platform: str
+    user: str
+    kind: Literal["vote", "unvote", "correction"]
+    answer_id: str | None = None
+    channel: str = ""
+    message_id: str = ""  # used when answer_id is not known (reactions)
+    value: int = 0  # +1 / -1; for unvote: the value taken back
+    origin: str = "reaction"
+    text: str = ""  # the correction, or a comment on a vote
+    key: str = ""  # the platform's event id, for dedupe; "" when the platform never retries
+
+
+class Reply(Protocol):
+    """How an answer is shown on one platform, for one incoming message."""
+
+    async def working(self) -> None:
+        """Show that kbot is on it (status, placeholder, typing)."""
+
+    async def update(self, text: str) -> None:
+        """The answer so far (plain Markdown-ish text); a platform may throttle or ignore this."""
+
+    async def finish(self, result: AnswerResult) -> list[str]:
+        """Show the final answer with citations and feedback controls; return the message ids."""
+
+    async def notice(self, text: str, *, private: bool = False) -> None:
+        """A short message that is not an answer (rate limit, failure); private: only to the asker."""
+
+
+@dataclass
+class ChatService:
+    settings: Settings
+    answerer: Answerer
+    ledger: ChatLedger
+    votes: VoteLog
+    access: Access = field(init=False)
+    _tasks: set[asyncio.Task[Outcome]] = field(init=False, default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.access = Access(self.settings)
+
+    def submit(self, message: IncomingMessage, reply: Reply) -> asyncio.Task[Outcome]:
+        """Handle ``message`` in the background (the platform wants its ack now)."""
+        task = asyncio.create_task(self._run(message, reply), name=f"answer {message.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, message: IncomingMessage, reply: Reply) -> Outcome:
+        # The top of a background task: whatever fails, the asker hears about it.
+        try:
+            return await self.handle(message, reply)
+        except KbotError as exc:
+            log.error("answering %s failed: %s", message.key, exc)
+            reason = str(exc)
+        except Exception:
+            log.exception("answering %s failed", message.key)
+            reason = "an unexpected error (it is in kbot's log)."
+        try:
+            await reply.notice(FAILED.format(reason=reason))
+        except Exception:
+            log.exception("could not tell the asker of %s about the failure", message.key)
+        return "failed"
+
+    async def handle(self, message: IncomingMessage, reply: Reply) -> Outcome:
+        policy = self.access.policy(message.platform, message.channel)
+        if not policy.enabled or not message.text.strip():
+            return "ignored"
+        if not message.addressed and not await self._is_follow_up(message, policy.mention_only):
+            return "ignored"
+        if not await self.ledger.claim(
+            message.key, platform=message.platform, kind="question", actor=message.user
+        ):
+            log.info("%s already handled (retry or duplicate delivery)", message.key)
+            return "duplicate"
+        limit = self.settings.rate_limit_per_minute
+        if limit and (
+            await self.ledger.questions_in_last(RATE_WINDOW, platform=message.platform, actor=message.user)
+            > limit
+        ):
+            await reply.notice(RATE_LIMITED.format(limit=limit), private=True)
+            return "rate_limited"
+        collections = policy.collections or await self.answerer.kb.catalog.collection_names()
+        if not collections:
+            await reply.notice(NO_DOCUMENTS)
+            return "answered"
+        question = Question(
+            text=message.text.strip(),
+            collections=list(collections),
+            groups=self.access.groups(message.platform, (message.user, *message.identities)),
+            asker=message.user,
+            platform=message.platform,
+            channel=message.channel,
+            thread=message.thread,
+        )
+        await reply.working()
+        text = ""
+        async for item in self.answerer.stream(question):
+            if isinstance(item, AnswerResult):
+                ids = await reply.finish(item)
+                if item.status != "error":
+                    await self.ledger.record_messages(
+                        item.answer_id, platform=message.platform, channel=message.channel, message_ids=ids
+                    )
+            else:
+                text += item
+                await reply.update(text)
+        return "answered"
+
+    async def _is_follow_up(self, message: IncomingMessage, mention_only: bool) -> bool:
+        if not message.in_thread:
+            # A top-level message: answered only where the channel says "every message".
+            return not mention_only
+        return await self.ledger.answered_in_thread(
+            platform=message.platform, channel=message.channel, thread=message.thread
+        )
+
+    async def feedback(self, event: FeedbackEvent) -> str | None:
+        """Record ``event`` in the vote log; the answer id it concerned, or None if it was not about one."""
+        if event.key and not await self.ledger.claim(
+            event.key, platform=event.platform, kind="event", actor=event.user
+        ):
+            return None
+        answer_id = event.answer_id or await self.ledger.answer_for_message(
+            platform=event.platform, channel=event.channel, message_id=event.message_id
+        )
+        if answer_id is None:
+            return None  # a reaction on some other message
+        if event.kind == "vote":
+            await self.votes.vote(
+                answer_id=answer_id,
+                platform=event.platform,
+                voter=event.user,
+                value=event.value,
+                origin=event.origin,
+                comment=event.text,
+            )
+        elif event.kind == "unvote":
+            await self.votes.unvote(answer_id=answer_id, voter=event.user, value=event.value or None)
+        else:
+            await self.votes.correct(
+                answer_id=answer_id, platform=event.platform, author=event.user, text=event.text
+            )
+        return answer_id
+
+    async def housekeeping(self) -> None:
+        removed = await self.ledger.prune(LEDGER_RETENTION)
+        log.debug("pruned %d old inbound events", removed)
+
+    async def drain(self, timeout: float) -> None:
+        """Let answers in flight finish (up to ``timeout`` s), then cancel the rest."""
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

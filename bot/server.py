@@ -1,0 +1,143 @@
+"""``kbot serve``: one aiohttp server for every chat platform.
+
+Routes: ``GET /healthz``; ``POST /slack/events`` (Events API and interactivity) when Slack is
+configured. Socket Mode replaces the Slack route with an outbound WebSocket for workspaces that
+cannot expose a URL. Teams and the web UI mount here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+
+from agent.answering import Answerer
+from bot.chat import ChatService
+from bot.ledger import ChatLedger
+from bot.slack.app import SlackAdapter
+from finetune.votes import VoteLog
+from kbot.errors import ConfigError
+from kbot.settings import Settings
+from knowledge.base import KnowledgeBase
+
+log = logging.getLogger(__name__)
+HOUSEKEEPING_EVERY_S = 3600.0
+DRAIN_S = 30.0
+SLACK_KEY = web.AppKey("slack", SlackAdapter)
+SERVICE_KEY = web.AppKey("service", ChatService)
+
+
+@dataclass
+class Runtime:
+    """Everything a running server holds; built by :func:`open_runtime`."""
+
+    settings: Settings
+    service: ChatService
+    slack: SlackAdapter | None
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, kb: KnowledgeBase | None = None, answerer: Answerer | None = None
+) -> AsyncIterator[Runtime]:
+    """Open the knowledge base, the model and the platform adapters; close them all on exit.
+
+    ``kb`` and ``answerer`` passed in stay the caller's to close.
+    """
+    async with AsyncExitStack() as stack:
+        if answerer is None:
+            if kb is None:
+                kb = await KnowledgeBase.open(settings)
+                stack.push_async_callback(kb.close)
+            answerer = await Answerer.open(settings, kb=kb)
+            stack.push_async_callback(answerer.close)
+        db = answerer.kb.db
+        service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db))
+        stack.push_async_callback(service.drain, DRAIN_S)
+        slack = SlackAdapter(settings, service) if settings.slack_enabled else None
+        yield Runtime(settings, service, slack)
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    app = web.Application(client_max_size=1024**2)
+    app[SERVICE_KEY] = runtime.service
+    app.router.add_get("/healthz", _healthz)
+    if runtime.slack is not None:
+        app[SLACK_KEY] = runtime.slack
+        app.router.add_post("/slack/events", _slack_events)
+    app.cleanup_ctx.append(_housekeeping)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app})
+
+
+async def _slack_events(request: web.Request) -> web.StreamResponse:
+    adapter = request.app[SLACK_KEY]
+    try:
+        bolt_request = await to_bolt_request(request)
+    except (ValueError, UnicodeDecodeError) as exc:
+        # Bolt parses the body before verifying it; garbage is the sender's fault either way.
+        raise web.HTTPBadRequest(text=f"malformed Slack request: {exc}") from exc
+    bolt_response = await adapter.app.async_dispatch(bolt_request)
+    return await to_aiohttp_response(bolt_response)
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE_KEY]
+
+    async def loop() -> None:
+        while True:
+            try:
+                await service.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed; will try again")
+            await asyncio.sleep(HOUSEKEEPING_EVERY_S)
+
+    task = asyncio.create_task(loop(), name="housekeeping")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool = False) -> None:
+    """Run until cancelled (Ctrl-C / SIGTERM), then drain answers in flight and close."""
+    async with open_runtime(settings) as runtime:
+        runner = web.AppRunner(build_app(runtime), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("kbot listening on http://%s:%d (GET /healthz)", host, port)
+        socket_handler: Any = None
+        if runtime.slack is None:
+            log.warning("Slack is off: set KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN to turn it on.")
+        elif socket_mode:
+            socket_handler = await _start_socket_mode(runtime.slack, settings)
+        else:
+            log.info("Slack is on: point the app's Event Subscriptions and Interactivity at /slack/events")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if socket_handler is not None:
+                await socket_handler.close_async()
+            await runner.cleanup()
+
+
+async def _start_socket_mode(slack: SlackAdapter, settings: Settings) -> Any:
+    from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+    if settings.slack_app_token is None:
+        raise ConfigError("Socket Mode needs an app-level token: set KBOT_SLACK_APP_TOKEN (xapp-...).")
+    handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token.get_secret_value())
+    await handler.connect_async()  # type: ignore[no-untyped-call]
+    log.info("Slack is on, in Socket Mode (no public URL needed)")
+    return handler

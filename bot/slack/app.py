@@ -1,0 +1,301 @@
+"""The Slack adapter: slack-bolt listeners that translate Slack payloads for :class:`ChatService`.
+
+Bolt verifies every HTTP request (signing secret, 5-minute replay window), answers
+``url_verification``, ignores kbot's own events and acks before any listener runs; the listeners
+here only translate. Events kbot handles:
+
+- ``app_mention`` → a question, answered in the mention's thread;
+- ``message`` → direct messages, follow-ups in threads kbot answered in, and every message of
+  channels whose policy is ``mention_only = false``;
+- ``reaction_added`` / ``reaction_removed`` with 👍/👎 (any skin tone) on kbot's answers → votes;
+- the answer's buttons → votes, and a modal whose text is stored as a correction.
+
+Required bot scopes: ``app_mentions:read``, ``chat:write``, ``im:history``, ``channels:history``
+(``groups:history`` for private channels), ``reactions:read``; ``usergroups:read`` when
+``Settings.groups`` names user groups.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.slack import render
+from bot.slack.directory import SlackDirectory
+from bot.slack.reply import SlackReply, call_slack
+from kbot.errors import KbotError
+from kbot.settings import Settings
+
+log = logging.getLogger(__name__)
+PLATFORM = "slack"
+VOTE_REACTIONS = {"+1": 1, "thumbsup": 1, "-1": -1, "thumbsdown": -1}
+# Message subtypes that are a person writing; the rest are edits, joins, bots, deletions…
+_PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
+_LINK = re.compile(
+    r"<(https?://[^|>]+)\|([^>]+)>|<(https?://[^>]+)>|<#C\w+\|([^>]*)>|<!(here|channel|everyone)>"
+)
+
+
+def slack_client(settings: Settings) -> AsyncWebClient:
+    """The Web API client: retries on rate limits (honouring Retry-After), 5xx and dropped connections."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    return AsyncWebClient(
+        token=token,
+        base_url=settings.slack_api_url,
+        timeout=30,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def vote_value(reaction: str) -> int | None:
+    """+1 / -1 for 👍 / 👎 reactions, skin tones included (``+1::skin-tone-3``); None otherwise."""
+    return VOTE_REACTIONS.get(reaction.split("::", 1)[0])
+
+
+def clean_text(text: str, bot_user_id: str | None) -> str:
+    """A Slack message as the question it asks: kbot's mention gone, links and entities readable."""
+    if bot_user_id:
+        text = text.replace(f"<@{bot_user_id}>", " ")
+
+    def readable(m: re.Match[str]) -> str:
+        if m.group(1):
+            return f"{m.group(2)} ({m.group(1)})"
+        if m.group(3):
+            return m.group(3)
+        if m.group(4) is not None:
+            return f"#{m.group(4)}"
+        return f"@{m.group(5)}"
+
+    text = _LINK.sub(readable, text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return " ".join(text.split())
+
+
+class IgnoreOtherBots(AsyncMiddleware):
+    """Messages from bots (kbot itself is already skipped by bolt) are never questions."""
+
+    async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Any) -> BoltResponse:
+        event = req.body.get("event") or {}
+        if event.get("type") in ("message", "app_mention") and (
+            event.get("bot_id") or event.get("subtype") == "bot_message"
+        ):
+            return await req.context.ack()
+        response: BoltResponse = await next()
+        return response
+
+
+class SlackAdapter:
+    def __init__(
+        self, settings: Settings, service: ChatService, client: AsyncWebClient | None = None
+    ) -> None:
+        if settings.slack_signing_secret is None or settings.slack_bot_token is None:
+            raise KbotError("Slack needs KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN.")
+        self.settings = settings
+        self.service = service
+        self.client = client or slack_client(settings)
+        self.directory = SlackDirectory(self.client, service.access.group_ids(PLATFORM, "S"))
+        self.app = AsyncApp(
+            signing_secret=settings.slack_signing_secret.get_secret_value(),
+            client=self.client,
+            process_before_response=False,
+            logger=logging.getLogger("kbot.slack.bolt"),
+        )
+        self.app.use(IgnoreOtherBots())
+        self.app.event("app_mention")(self.on_mention)
+        self.app.event("message")(self.on_message)
+        self.app.event("reaction_added")(self.on_reaction_added)
+        self.app.event("reaction_removed")(self.on_reaction_removed)
+        self.app.action(render.VOTE_UP)(self.on_vote_button)
+        self.app.action(render.VOTE_DOWN)(self.on_vote_button)
+        self.app.action(render.SUGGEST)(self.on_suggest)
+        self.app.view(render.CORRECTION_VIEW)(self.on_correction)
+
+    # --- questions ---
+
+    async def on_mention(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._question(event, body, context, addressed=True)
+
+    async def on_message(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        if event.get("subtype") not in _PERSON_SUBTYPES or not event.get("user"):
+            return
+        is_dm = event.get("channel_type") == "im"
+        if not is_dm and context.bot_user_id and f"<@{context.bot_user_id}>" in event.get("text", ""):
+            return  # the app_mention event for the same message answers it
+        await self._question(event, body, context, addressed=is_dm)
+
+    async def _question(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext, *, addressed: bool
+    ) -> None:
+        channel, ts, user = str(event["channel"]), str(event["ts"]), str(event["user"])
+        thread_ts = event.get("thread_ts")
+        is_dm = event.get("channel_type") == "im" or channel.startswith("D")
+        team = event.get("team") or body.get("team_id")
+        message = IncomingMessage(
+            platform=PLATFORM,
+            key=f"{PLATFORM}:msg:{channel}:{ts}",
+            user=user,
+            channel=channel,
+            # Memory: per thread in channels; a whole DM is one conversation unless threaded.
+            thread=str(thread_ts or (channel if is_dm else ts)),
+            text=clean_text(str(event.get("text", "")), context.bot_user_id),
+            addressed=addressed,
+            in_thread=bool(thread_ts and thread_ts != ts),
+            identities=await self.directory.identities(user, team),
+        )
+        reply = SlackReply(
+            self.client,
+            channel=channel,
+            thread_ts=thread_ts or (None if is_dm else ts),
+            user=user,
+            interval=self.settings.slack_update_interval_s,
+            links=self.settings.source_links,
+        )
+        self.service.submit(message, reply)
+
+    # --- feedback ---
+
+    async def on_reaction_added(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._reaction(event, body, context, added=True)
+
+    async def on_reaction_removed(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        await self._reaction(event, body, context, added=False)
+
+    async def _reaction(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext, *, added: bool
+    ) -> None:
+        value = vote_value(str(event.get("reaction", "")))
+        item = event.get("item") or {}
+        if value is None or item.get("type") != "message":
+            return
+        if context.bot_user_id and event.get("item_user") not in (None, context.bot_user_id):
+            return  # a reaction on someone else's message
+        feedback = FeedbackEvent(
+            platform=PLATFORM,
+            user=str(event["user"]),
+            kind="vote" if added else "unvote",
+            channel=str(item["channel"]),
+            message_id=str(item["ts"]),
+            value=value,
+            origin="reaction",
+            key=f"{PLATFORM}:event:{body.get('event_id') or event.get('event_ts')}",
+        )
+        try:
+            await self.service.feedback(feedback)
+        except KbotError as exc:
+            log.error("could not record a reaction vote: %s", exc)
+            await self._tell(
+                feedback.channel, feedback.user, None, f"Sorry, I could not record your vote: {exc}"
+            )
+
+    async def on_vote_button(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        value = 1 if action["action_id"] == render.VOTE_UP else -1
+        user, channel, thread = _who_where(body)
+        try:
+            await self.service.feedback(
+                FeedbackEvent(
+                    platform=PLATFORM,
+                    user=user,
+                    kind="vote",
+                    answer_id=str(action.get("value", "")),
+                    value=value,
+                    origin="button",
+                )
+            )
+            text = (
+                "Thanks, your 👍 is noted." if value > 0 else "Thanks, your 👎 is noted; kbot learns from it."
+            )
+        except KbotError as exc:
+            text = f"Sorry, I could not record your vote: {exc}"
+        await self._tell(channel, user, thread, text)
+
+    async def on_suggest(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        user, channel, thread = _who_where(body)
+        modal = render.correction_modal(str(action.get("value", "")), channel, thread or "")
+        try:
+            await call_slack("views.open", self.client.views_open(trigger_id=body["trigger_id"], view=modal))
+        except KbotError as exc:
+            await self._tell(channel, user, thread, f"Sorry, I could not open the form: {exc}")
+
+    async def on_correction(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        values = view.get("state", {}).get("values", {})
+        text = str(
+            values.get(render.CORRECTION_BLOCK, {}).get(render.CORRECTION_INPUT, {}).get("value") or ""
+        )
+        if not text.strip():
+            await ack(
+                response_action="errors", errors={render.CORRECTION_BLOCK: "Please write the better answer."}
+            )
+            return
+        meta = json.loads(view.get("private_metadata") or "{}")
+        user = str(body["user"]["id"])
+        try:
+            await self.service.feedback(
+                FeedbackEvent(
+                    platform=PLATFORM,
+                    user=user,
+                    kind="correction",
+                    answer_id=str(meta.get("answer_id", "")),
+                    origin="button",
+                    text=text,
+                )
+            )
+        except KbotError as exc:
+            await ack(response_action="errors", errors={render.CORRECTION_BLOCK: f"Not saved: {exc}"})
+            return
+        await ack()
+        if meta.get("channel"):
+            await self._tell(
+                str(meta["channel"]),
+                user,
+                meta.get("thread") or None,
+                "Thanks! Your suggested answer is saved; kbot learns from it in its next training.",
+            )
+
+    async def _tell(self, channel: str, user: str, thread: str | None, text: str) -> None:
+        """A message only ``user`` sees; failing to send it is logged, not raised."""
+        try:
+            await call_slack(
+                "chat.postEphemeral",
+                self.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread, text=text),
+            )
+        except KbotError as exc:
+            log.warning("could not tell %s in %s: %s", user, channel, exc)
+
+
+def _who_where(body: dict[str, Any]) -> tuple[str, str, str | None]:
+    """The clicking user, the channel and the thread of a block_actions payload."""
+    container = body.get("container") or {}
+    message = body.get("message") or {}
+    channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
+    thread = message.get("thread_ts") or container.get("thread_ts")
+    return str(body["user"]["id"]), str(channel), thread
