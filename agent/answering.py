@@ -102,6 +102,10 @@ class Answerer:
         checkpointer = await exits.enter_async_context(_checkpointer(settings))
         return cls(settings, kb, backend, checkpointer, exits)
 
+    async def warm_up(self) -> None:
+        """Load the embedder and the model before the first question (servers call this)."""
+        await asyncio.gather(self.kb.warm_up(), self.backend.warm_up())
+
     async def ask(self, question: Question) -> AnswerResult:
         async for item in self.stream(question):
             if isinstance(item, AnswerResult):

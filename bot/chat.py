@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal, Protocol
@@ -33,6 +35,7 @@ RATE_LIMITED = (
 NO_DOCUMENTS = "I have no documents to answer from yet. Ask an admin to add some with `kbot ingest`."
 FAILED = "Sorry, something went wrong on my side and I could not answer: {reason} Please try again later."
 
+Resolver = Callable[[str], Awaitable[tuple[str, ...]]]
 Outcome = Literal["answered", "ignored", "duplicate", "rate_limited", "failed"]
 
 
@@ -48,7 +51,7 @@ class IncomingMessage:
     text: str
     addressed: bool  # a mention or a direct message: answer whatever the channel policy says
     in_thread: bool = False  # posted as a reply inside an existing thread
-    identities: tuple[str, ...] = ()  # more ids of the user for Settings.groups (user groups, team)
+    identities: tuple[str, ...] = ()  # more ids of the user for Settings.groups (their team…)
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,17 @@ class ChatService:
     ledger: ChatLedger
     votes: VoteLog
     access: Access = field(init=False)
+    # How questions and feedback ended, by outcome: the server's counters (and what tests wait on).
+    stats: Counter[str] = field(init=False, default_factory=Counter)
+    # Per platform: more ids of a user that need a lookup (Slack user groups), done only for
+    # questions that will be answered, inside the task that reports failures.
+    resolvers: dict[str, Resolver] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[Outcome]] = field(init=False, default_factory=set)
+    _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings)
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent_answers)
 
     def submit(self, message: IncomingMessage, reply: Reply) -> asyncio.Task[Outcome]:
         """Handle ``message`` in the background (the platform wants its ack now)."""
@@ -104,6 +114,11 @@ class ChatService:
 
     async def _run(self, message: IncomingMessage, reply: Reply) -> Outcome:
         # The top of a background task: whatever fails, the asker hears about it.
+        outcome = await self._answer(message, reply)
+        self.stats[outcome] += 1
+        return outcome
+
+    async def _answer(self, message: IncomingMessage, reply: Reply) -> Outcome:
         try:
             return await self.handle(message, reply)
         except KbotError as exc:
@@ -124,32 +139,38 @@ class ChatService:
             return "ignored"
         if not message.addressed and not await self._is_follow_up(message, policy.mention_only):
             return "ignored"
-        if not await self.ledger.claim(
-            message.key, platform=message.platform, kind="question", actor=message.user
-        ):
+        asked = await self.ledger.claim_question(
+            message.key, platform=message.platform, actor=message.user, window=RATE_WINDOW
+        )
+        if asked is None:
             log.info("%s already handled (retry or duplicate delivery)", message.key)
             return "duplicate"
         limit = self.settings.rate_limit_per_minute
-        if limit and (
-            await self.ledger.questions_in_last(RATE_WINDOW, platform=message.platform, actor=message.user)
-            > limit
-        ):
+        if limit and asked > limit:
             await reply.notice(RATE_LIMITED.format(limit=limit), private=True)
             return "rate_limited"
         collections = policy.collections or await self.answerer.kb.catalog.collection_names()
         if not collections:
             await reply.notice(NO_DOCUMENTS)
             return "answered"
+        identities = message.identities
+        if resolve := self.resolvers.get(message.platform):
+            identities += await resolve(message.user)
         question = Question(
             text=message.text.strip(),
             collections=list(collections),
-            groups=self.access.groups(message.platform, (message.user, *message.identities)),
+            groups=self.access.groups(message.platform, (message.user, *identities)),
             asker=message.user,
             platform=message.platform,
             channel=message.channel,
             thread=message.thread,
         )
         await reply.working()
+        async with self._slots:
+            await self._stream(message, question, reply)
+        return "answered"
+
+    async def _stream(self, message: IncomingMessage, question: Question, reply: Reply) -> None:
         text = ""
         async for item in self.answerer.stream(question):
             if isinstance(item, AnswerResult):
@@ -161,7 +182,6 @@ class ChatService:
             else:
                 text += item
                 await reply.update(text)
-        return "answered"
 
     async def _is_follow_up(self, message: IncomingMessage, mention_only: bool) -> bool:
         if not message.in_thread:
@@ -173,9 +193,16 @@ class ChatService:
 
     async def feedback(self, event: FeedbackEvent) -> str | None:
         """Record ``event`` in the vote log; the answer id it concerned, or None if it was not about one."""
-        if event.key and not await self.ledger.claim(
-            event.key, platform=event.platform, kind="event", actor=event.user
-        ):
+        try:
+            answer_id = await self._feedback(event)
+        except KbotError:
+            self.stats["feedback_failed"] += 1
+            raise
+        self.stats["feedback_recorded" if answer_id else "feedback_ignored"] += 1
+        return answer_id
+
+    async def _feedback(self, event: FeedbackEvent) -> str | None:
+        if event.key and not await self.ledger.claim(event.key, platform=event.platform, actor=event.user):
             return None
         answer_id = event.answer_id or await self.ledger.answer_for_message(
             platform=event.platform, channel=event.channel, message_id=event.message_id

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kbot.db import Database
 from kbot.db.models import Answer, AnswerMessage, InboundEvent, utcnow
@@ -22,27 +23,44 @@ class ChatLedger:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def claim(self, key: str, *, platform: str, kind: str, actor: str) -> bool:
-        """True for the first caller with ``key``, on any replica; False for every later one."""
+    async def claim(self, key: str, *, platform: str, actor: str) -> bool:
+        """True for the first caller with event ``key``, on any replica; False for every later one."""
+        async with self._db.session() as s:
+            return await self._insert(s, key, platform=platform, kind="event", actor=actor)
+
+    async def claim_question(self, key: str, *, platform: str, actor: str, window: timedelta) -> int | None:
+        """Claim a question: None if another delivery already did, else how many questions
+        ``actor`` has asked in the last ``window``, this one included.
+
+        The count is exact under concurrency because it runs in the claim's transaction while
+        the person's claims are serialised: SQLite has one writer at a time, and PostgreSQL takes
+        a transaction-scoped advisory lock on the person.
+        """
+        async with self._db.session() as s:
+            if self._db.url.get_backend_name() == "postgresql":
+                lock = f"kbot:questions:{platform}:{actor}"
+                await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:lock))"), {"lock": lock})
+            if not await self._insert(s, key, platform=platform, kind="question", actor=actor):
+                return None
+            count = await s.scalar(
+                select(func.count()).where(
+                    InboundEvent.platform == platform,
+                    InboundEvent.actor == actor,
+                    InboundEvent.kind == "question",
+                    InboundEvent.received_at >= utcnow() - window,
+                )
+            )
+        return int(count or 0)
+
+    async def _insert(self, s: AsyncSession, key: str, *, platform: str, kind: str, actor: str) -> bool:
         stmt = (
             self._db.insert(InboundEvent)
             .values(key=key, platform=platform, kind=kind, actor=actor, received_at=utcnow())
             .on_conflict_do_nothing(index_elements=["key"])
+            .returning(InboundEvent.key)
         )
-        async with self._db.session() as s:
-            result = await s.execute(stmt)
-        return bool(getattr(result, "rowcount", 0))
-
-    async def questions_in_last(self, window: timedelta, *, platform: str, actor: str) -> int:
-        since = utcnow() - window
-        stmt = select(func.count()).where(
-            InboundEvent.platform == platform,
-            InboundEvent.actor == actor,
-            InboundEvent.kind == "question",
-            InboundEvent.received_at >= since,
-        )
-        async with self._db.session() as s:
-            return int(await s.scalar(stmt) or 0)
+        # RETURNING, not rowcount: drivers disagree on rowcount for a skipped upsert.
+        return (await s.execute(stmt)).first() is not None
 
     async def prune(self, older_than: timedelta) -> int:
         """Forget events older than any retry could be (Slack retries within minutes)."""

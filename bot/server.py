@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -58,6 +60,12 @@ async def open_runtime(
                 stack.push_async_callback(kb.close)
             answerer = await Answerer.open(settings, kb=kb)
             stack.push_async_callback(answerer.close)
+            # Loading inside the first request would stall the event loop, and every ack with it.
+            await answerer.warm_up()
+        # The loaded models are millions of long-lived objects; a full collection walking them
+        # all stalls the event loop for hundreds of ms. Frozen, the collector skips them.
+        gc.collect()
+        gc.freeze()
         db = answerer.kb.db
         service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db))
         stack.push_async_callback(service.drain, DRAIN_S)
@@ -110,9 +118,15 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 
 
 async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool = False) -> None:
-    """Run until cancelled (Ctrl-C / SIGTERM), then drain answers in flight and close."""
+    """Run until SIGINT or SIGTERM (Ctrl-C, docker stop), then drain answers in flight and close."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with open_runtime(settings) as runtime:
-        runner = web.AppRunner(build_app(runtime), handle_signals=False)
+        # Slack sends many events: per-request access lines only at -vv.
+        access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
+        runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=access_log)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -125,7 +139,8 @@ async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool =
         else:
             log.info("Slack is on: point the app's Event Subscriptions and Interactivity at /slack/events")
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
+            log.info("stopping: finishing answers in flight (up to %.0f s)", DRAIN_S)
         finally:
             if socket_handler is not None:
                 await socket_handler.close_async()

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         'its members) or "slack:*" (every Slack user). Documents ingested with --acl are shown only to '
         "askers in one of their groups.",
     )
+    max_concurrent_answers: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Answers worked on at once per server; more questions wait their turn (a local "
+        "model generates one at a time anyway; raise it for a vLLM server).",
+    )
     rate_limit_per_minute: int = Field(
         default=10, ge=0, description="Questions one person may ask per minute (0 = no limit)."
     )

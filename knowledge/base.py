@@ -108,6 +108,15 @@ class KnowledgeBase:
             )
         )
 
+    async def warm_up(self) -> None:
+        """Load the embedding model and its tokenizer now rather than inside the first search."""
+
+        def load() -> None:
+            self.embedder.embed(["warm up"])
+            self.embedder.coverage("warm up")
+
+        await asyncio.to_thread(load)
+
     async def collections(self) -> list[CollectionStats]:
         return await self.catalog.stats()
 

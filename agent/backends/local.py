@@ -57,6 +57,9 @@ class LocalBackend:
                 stop.set()
                 await asyncio.to_thread(worker.join)
 
+    async def warm_up(self) -> None:
+        await asyncio.to_thread(self._load)
+
     def _load(self) -> None:
         with self._load_lock:
             if self._model is not None:

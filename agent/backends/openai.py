@@ -72,6 +72,9 @@ class OpenAIBackend:
         except httpx.HTTPError as exc:
             raise ModelError(f"The model server at {self._base} failed: {exc!r}") from exc
 
+    async def warm_up(self) -> None:
+        """Nothing to load here: the model lives in the server."""
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -114,6 +114,7 @@ class SlackAdapter:
         self.service = service
         self.client = client or slack_client(settings)
         self.directory = SlackDirectory(self.client, service.access.group_ids(PLATFORM, "S"))
+        service.resolvers[PLATFORM] = self.directory.usergroups_of
         self.app = AsyncApp(
             signing_secret=settings.slack_signing_secret.get_secret_value(),
             client=self.client,
@@ -164,7 +165,7 @@ class SlackAdapter:
             text=clean_text(str(event.get("text", "")), context.bot_user_id),
             addressed=addressed,
             in_thread=bool(thread_ts and thread_ts != ts),
-            identities=await self.directory.identities(user, team),
+            identities=(str(team),) if team else (),
         )
         reply = SlackReply(
             self.client,

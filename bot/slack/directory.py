@@ -35,13 +35,9 @@ class SlackDirectory:
         self._clock = clock
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
 
-    async def identities(self, user: str, team: str | None) -> tuple[str, ...]:
-        """The ids besides ``user`` that ``Settings.groups`` may name: their team, their user groups."""
-        found = [team] if team else []
-        for group in self._usergroups:
-            if user in await self._members_of(group):
-                found.append(group)
-        return tuple(found)
+    async def usergroups_of(self, user: str) -> tuple[str, ...]:
+        """The configured user groups ``user`` belongs to."""
+        return tuple([group for group in self._usergroups if user in await self._members_of(group)])
 
     async def _members_of(self, group: str) -> frozenset[str]:
         cached = self._members.get(group)

@@ -130,6 +130,8 @@ async def call_slack(method: str, call: Awaitable[AsyncSlackResponse]) -> AsyncS
     try:
         return await call
     except SlackApiError as exc:
-        raise ChatError(f"Slack refused {method}: {exc.response.get('error')}") from exc
+        data = exc.response.data
+        reason = data.get("error") if isinstance(data, dict) else f"HTTP {exc.response.status_code}"
+        raise ChatError(f"Slack refused {method}: {reason}") from exc
     except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise ChatError(f"Slack could not be reached for {method}: {exc or type(exc).__name__}") from exc

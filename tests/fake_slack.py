@@ -1,0 +1,193 @@
+"""A local stand-in for Slack, as slack-bolt's own tests use one: a Web API that records every call,
+Socket Mode's WebSocket, and requests signed exactly as Slack signs them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+BOT_USER = "UBOT"
+BOT_ID = "BBOT"
+TEAM = "T0TEAM"
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass
+class FakeSlack:
+    calls: list[Call] = field(default_factory=list)
+    usergroups: dict[str, list[str]] = field(default_factory=dict)
+    # method -> list of (status, headers) answered before the real response, one per call
+    failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    url: str = ""
+    socket_acks: list[dict[str, Any]] = field(default_factory=list)
+    _sockets: list[web.WebSocketResponse] = field(default_factory=list)
+    _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def named(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    async def api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.method == "GET":
+            params = dict(request.query)
+        elif request.content_type == "application/json":
+            params = await request.json()
+        else:
+            params = dict(await request.post())
+        params = {k: _maybe_json(v) for k, v in params.items()}
+        params["_token"] = request.headers.get("Authorization", "")
+        self.calls.append(Call(method, params))
+        if self.failures.get(method):
+            status, headers = self.failures[method].pop(0)
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=status, headers=headers)
+        return web.json_response(self._respond(method, params))
+
+    def _respond(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "team_id": TEAM,
+                "user_id": BOT_USER,
+                "bot_id": BOT_ID,
+                "team": "Acme",
+                "user": "kbot",
+            }
+        if method == "chat.postMessage":
+            params["_ts"] = f"1700000{next(self._ts):03d}.000100"  # recorded with the call, for tests
+            return {"ok": True, "channel": params["channel"], "ts": params["_ts"]}
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": f"1700000{next(self._ts):03d}.000200"}
+        if method == "usergroups.users.list":
+            return {"ok": True, "users": self.usergroups.get(params["usergroup"], [])}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": self.url.replace("http", "ws", 1) + "/link"}
+        return {"ok": True}
+
+    async def link(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_str(json.dumps({"type": "hello", "num_connections": 1}))
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                self.socket_acks.append(json.loads(message.data))
+        return ws
+
+    async def push(self, payload: dict[str, Any], kind: str = "events_api") -> str:
+        """Deliver a payload over Socket Mode; returns the envelope id Slack expects acked."""
+        envelope_id = f"env-{next(self._ts)}"
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": False,
+        }
+        await self._sockets[-1].send_str(json.dumps(envelope))
+        return envelope_id
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._sockets) and not self._sockets[-1].closed
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+@asynccontextmanager
+async def fake_slack_server(**kwargs: Any) -> AsyncIterator[FakeSlack]:
+    fake = FakeSlack(**kwargs)
+    app = web.Application()
+    app.router.add_route("*", "/api/{method}", fake.api)
+    app.router.add_get("/link", fake.link)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        for ws in fake._sockets:
+            await ws.close()
+        await runner.cleanup()
+
+
+def sign(body: str, *, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """Headers exactly as Slack sends them: v0=HMAC-SHA256(secret, "v0:{timestamp}:{body}")."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
+
+
+def event_body(event: dict[str, Any], event_id: str) -> str:
+    return json.dumps(
+        {
+            "token": "legacy",
+            "team_id": TEAM,
+            "api_app_id": "A0KBOT",
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": int(time.time()),
+            "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
+        }
+    )
+
+
+def interaction_body(payload: dict[str, Any]) -> str:
+    """Interactivity arrives form-encoded: payload=<json>."""
+    return urllib.parse.urlencode({"payload": json.dumps(payload)})
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the condition")
+        await asyncio.sleep(0.02)
+
+
+def main(port: int) -> None:
+    """Serve the fake Web API in its own process (benchmarks), with GET /_calls for counts per method."""
+    fake = FakeSlack(url=f"http://127.0.0.1:{port}")
+
+    async def counts(_request: web.Request) -> web.Response:
+        tally: dict[str, int] = {}
+        for call in fake.calls:
+            tally[call.method] = tally.get(call.method, 0) + 1
+        return web.json_response(tally)
+
+    app = web.Application()
+    app.router.add_route("*", "/api/{method}", fake.api)
+    app.router.add_get("/_calls", counts)
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(int(sys.argv[1]))

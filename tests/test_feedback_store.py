@@ -1,0 +1,150 @@
+"""The vote log and the chat ledger, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from bot.ledger import ChatLedger
+from finetune.votes import VoteLog
+from kbot.db import Database
+from kbot.db.models import Answer
+from kbot.errors import FeedbackError
+
+
+async def _answer(db: Database) -> str:
+    answer_id = str(uuid.uuid4())
+    async with db.session() as s:
+        s.add(
+            Answer(
+                id=answer_id,
+                platform="slack",
+                asker="U1",
+                channel="C1",
+                thread="1.1",
+                collections=["hr"],
+                question="q",
+                search_query="q",
+                messages=[],
+                retrieved=[],
+                answer="a",
+                citations=[],
+                status="ok",
+                base_model="m",
+                latency_ms=1,
+            )
+        )
+    return answer_id
+
+
+async def test_one_live_vote_per_person_and_answer(database: Database) -> None:
+    log = VoteLog(database)
+    a, b = await _answer(database), await _answer(database)
+    await log.vote(answer_id=a, platform="slack", voter="U1", value=1, origin="reaction")
+    await log.vote(answer_id=a, platform="slack", voter="U1", value=-1, origin="button")
+    await log.vote(answer_id=b, platform="slack", voter="U1", value=1, origin="reaction")
+    await log.vote(answer_id=a, platform="slack", voter="U2", value=1, origin="reaction")
+    assert {(v.answer_id, v.voter, v.value, v.origin) for v in await log.votes()} == {
+        (a, "U1", -1, "button"),
+        (b, "U1", 1, "reaction"),
+        (a, "U2", 1, "reaction"),
+    }
+    assert not await log.unvote(answer_id=a, voter="U1", value=1)  # not the live value: kept
+    assert await log.unvote(answer_id=a, voter="U1", value=-1)
+    assert await log.unvote(answer_id=b, voter="U1")
+    assert {(v.answer_id, v.voter) for v in await log.votes()} == {(a, "U2")}
+
+
+async def test_vote_comments_follow_the_vote(database: Database) -> None:
+    log = VoteLog(database)
+    a = await _answer(database)
+    await log.vote(answer_id=a, platform="teams", voter="X", value=-1, origin="feedback", comment="outdated")
+    await log.vote(answer_id=a, platform="teams", voter="X", value=-1, origin="reaction")
+    assert (await log.votes(a))[0].comment == "outdated"  # same value, no new comment: kept
+    await log.vote(answer_id=a, platform="teams", voter="X", value=1, origin="reaction")
+    assert (await log.votes(a))[0].comment == ""  # flipped: the old reason no longer applies
+
+
+async def test_corrections_replace_per_author(database: Database) -> None:
+    log = VoteLog(database)
+    a = await _answer(database)
+    await log.correct(answer_id=a, platform="slack", author="U1", text="first")
+    await log.correct(answer_id=a, platform="slack", author="U1", text="  better  ")
+    await log.correct(answer_id=a, platform="slack", author="U2", text="other")
+    assert sorted((c.author, c.text) for c in await log.corrections(a)) == [("U1", "better"), ("U2", "other")]
+
+
+async def test_bad_feedback_is_a_clear_error(database: Database) -> None:
+    log = VoteLog(database)
+    a = await _answer(database)
+    with pytest.raises(FeedbackError, match="no answer 'nope'"):
+        await log.vote(answer_id="nope", platform="slack", voter="U1", value=1, origin="button")
+    with pytest.raises(FeedbackError, match=r"\+1 or -1"):
+        await log.vote(answer_id=a, platform="slack", voter="U1", value=2, origin="button")
+    with pytest.raises(FeedbackError, match="needs some text"):
+        await log.correct(answer_id=a, platform="slack", author="U1", text="  ")
+    assert await log.votes() == [] and await log.corrections() == []
+
+
+async def test_concurrent_claims_across_replicas_have_one_winner(sql_url: str, database: Database) -> None:
+    """Several server replicas (own engines, same database) receive the same event at once."""
+    replicas = [Database(sql_url) for _ in range(4)]
+    try:
+        ledgers = [ChatLedger(db) for db in replicas]
+        won = await asyncio.gather(
+            *(
+                ledger.claim("slack:event:Ev1", platform="slack", actor="U1")
+                for ledger in ledgers
+                for _ in range(3)
+            )
+        )
+        assert sum(won) == 1
+        asked = await asyncio.gather(
+            *(
+                ledger.claim_question(
+                    "slack:msg:C1:1.1", platform="slack", actor="U1", window=timedelta(minutes=1)
+                )
+                for ledger in ledgers
+            )
+        )
+        assert sorted(asked, key=lambda x: x or 0) == [None, None, None, 1]
+    finally:
+        for db in replicas:
+            await db.close()
+
+
+async def test_question_counts_are_exact_under_concurrency(sql_url: str, database: Database) -> None:
+    replicas = [Database(sql_url) for _ in range(3)]
+    try:
+        window = timedelta(minutes=1)
+        ledgers = [ChatLedger(db) for db in replicas]
+        counts = await asyncio.gather(
+            *(
+                ledgers[i % 3].claim_question(
+                    f"slack:msg:C1:{i}", platform="slack", actor="U7", window=window
+                )
+                for i in range(9)
+            )
+        )
+        assert sorted(c or 0 for c in counts) == list(range(1, 10))  # each question knows its place
+    finally:
+        for db in replicas:
+            await db.close()
+
+
+async def test_answer_messages_and_threads(database: Database) -> None:
+    ledger = ChatLedger(database)
+    a = await _answer(database)
+    await ledger.record_messages(a, platform="slack", channel="C1", message_ids=["1.2", "1.3"])
+    await ledger.record_messages(a, platform="slack", channel="C1", message_ids=["1.2"])  # idempotent
+    assert await ledger.answer_for_message(platform="slack", channel="C1", message_id="1.3") == a
+    assert await ledger.answer_for_message(platform="slack", channel="C2", message_id="1.3") is None
+    assert await ledger.answered_in_thread(platform="slack", channel="C1", thread="1.1")
+    assert not await ledger.answered_in_thread(platform="slack", channel="C1", thread="9.9")
+    assert await ledger.prune(timedelta(0)) == 0
+    await ledger.claim("k", platform="slack", actor="U1")
+    await asyncio.sleep(0.01)
+    assert await ledger.prune(timedelta(0)) == 1

@@ -1,0 +1,385 @@
+"""Slack end to end: signed requests into `kbot serve`'s app, a fake Slack Web API recording replies.
+
+The model is an OpenAI-compatible fake (the real OpenAIBackend talks to it); retrieval, the
+answer log, the vote log and the dedupe ledger are the real ones on SQLite + Qdrant Edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.slack import render
+from kbot.db.models import Answer, AnswerMessage, Correction, Vote
+from knowledge.embeddings import Embedder
+from tests.fake_slack import BOT_ID, BOT_USER, event_body, sign, wait_until
+from tests.slack_env import WIKI, SlackEnv, blocks_text, mention, message, slack_env
+
+QUESTION = "How many days of sick leave do I get?"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, embedder: Embedder) -> SlackEnv:  # type: ignore[misc]
+    async with slack_env(tmp_path, embedder, rate_limit_per_minute=5) as e:
+        yield e
+
+
+async def rows(env: SlackEnv, model: type) -> list:  # type: ignore[type-arg]
+    async with env.runtime.service.ledger._db.session() as s:
+        return list((await s.scalars(select(model))).all())
+
+
+# --- request verification ---
+
+
+async def test_bad_signature_is_rejected_and_nothing_runs(env: SlackEnv) -> None:
+    body = event_body(mention(QUESTION), "EvBAD")
+    headers = {**sign(body, secret="not-the-secret"), "Content-Type": "application/json"}
+    response = await env.client.post("/slack/events", data=body, headers=headers)
+    assert response.status == 401
+    unsigned = await env.client.post("/slack/events", data=body, headers={"Content-Type": "application/json"})
+    assert unsigned.status == 401
+    await asyncio.sleep(0.3)
+    assert env.slack.named("chat.postMessage") == [] and not env.stats
+    assert await rows(env, Answer) == []
+
+
+async def test_stale_timestamp_is_rejected(env: SlackEnv) -> None:
+    body = event_body(mention(QUESTION), "EvOLD")
+    old = int(time.time()) - 6 * 60  # Slack's replay window is 5 minutes
+    headers = {**sign(body, timestamp=old), "Content-Type": "application/json"}
+    assert (await env.client.post("/slack/events", data=body, headers=headers)).status == 401
+    fresh = int(time.time()) - 4 * 60
+    headers = {**sign(body, timestamp=fresh), "Content-Type": "application/json"}
+    assert (await env.client.post("/slack/events", data=body, headers=headers)).status == 200
+
+
+async def test_url_verification_echoes_the_challenge(env: SlackEnv) -> None:
+    body = json.dumps(
+        {
+            "token": "x",
+            "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+            "type": "url_verification",
+        }
+    )
+    response = await env.send(body)
+    assert response.status == 200
+    assert "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P" in await response.text()
+
+
+async def test_malformed_signed_payload_is_a_4xx(env: SlackEnv) -> None:
+    response = await env.send("{not json")
+    assert 400 <= response.status < 500
+    assert not env.stats
+
+
+async def test_health_check(env: SlackEnv) -> None:
+    response = await env.client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok", "slack": True}
+
+
+# --- questions ---
+
+
+async def test_mention_gets_one_threaded_answer_with_citations(env: SlackEnv) -> None:
+    event = mention(QUESTION, ts="1700000000.000001")
+    response = await env.event(event)
+    assert response.status == 200
+    await wait_until(lambda: env.stats["answered"] == 1)
+
+    [placeholder] = env.posted()
+    assert placeholder["channel"] == "C1" and placeholder["thread_ts"] == "1700000000.000001"
+    assert placeholder["text"] == render.WORKING
+    final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
+    shown = blocks_text(final)
+    assert "Sick leave is 10 days per year" in final["text"]
+    assert "*Sources*" in shown and "Leave policy" in shown
+    assert f"{WIKI}leave-policy.md" in shown  # the citation links to its source
+    assert "10 days of paid sick leave" in shown  # with the quote that holds the fact
+    [answer] = await rows(env, Answer)
+    assert (answer.platform, answer.channel, answer.thread, answer.asker) == (
+        "slack",
+        "C1",
+        event["ts"],
+        "U1",
+    )
+    assert answer.question == QUESTION  # the mention is stripped
+    assert answer.id in shown  # the 👍/👎 buttons carry the answer id
+    assert [(m.channel, m.answer_id) for m in await rows(env, AnswerMessage)] == [("C1", answer.id)]
+    assert len(env.model.requests) == 1
+
+
+async def test_retries_and_duplicate_deliveries_answer_once(env: SlackEnv) -> None:
+    event = mention(QUESTION)
+    first = await env.event(event, event_id="EvSAME")
+    retry = await env.event(event, event_id="EvSAME", retry=1)
+    again = await env.event(event, event_id="EvSAME", retry=2)
+    # The same message also arrives as a plain message event with its own event id.
+    as_message = await env.event(message(event["text"], ts=event["ts"]), event_id="EvOTHER")
+    assert {first.status, retry.status, again.status, as_message.status} == {200}
+    await wait_until(lambda: env.stats["answered"] + env.stats["duplicate"] == 3)
+    await env.runtime.service.drain(10)
+    assert env.stats["answered"] == 1
+    assert len(env.posted()) == 1 and len(env.model.requests) == 1
+    assert len(await rows(env, Answer)) == 1
+
+
+async def test_direct_message_is_answered_without_a_mention(env: SlackEnv) -> None:
+    await env.event(message(QUESTION, channel="D1", channel_type="im"))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    [placeholder] = env.posted()
+    assert placeholder["channel"] == "D1" and "thread_ts" not in placeholder  # a DM reply, not a thread
+    [answer] = await rows(env, Answer)
+    assert answer.thread == "D1"  # the DM is one conversation
+
+
+async def test_follow_up_in_a_thread_kbot_answered_needs_no_mention(env: SlackEnv) -> None:
+    root = mention(QUESTION)
+    await env.event(root)
+    await wait_until(lambda: env.stats["answered"] == 1)
+    await env.event(message("And from which day do I need a doctor's note?", thread_ts=root["ts"]))
+    await wait_until(lambda: env.stats["answered"] == 2)
+    answers = await rows(env, Answer)
+    assert {a.thread for a in answers} == {root["ts"]}
+    assert all(p["thread_ts"] == root["ts"] for p in env.posted())
+    # The follow-up was asked with the thread's history.
+    assert "sick leave" in json.dumps(env.model.requests[-1][1]["messages"]).lower()
+
+
+async def test_messages_kbot_must_not_answer(env: SlackEnv) -> None:
+    await env.event(message(QUESTION))  # top level, channel answers on mention only
+    await env.event(message(QUESTION, thread_ts="1600000000.000001"))  # a thread kbot never answered in
+    await env.event(mention(QUESTION, channel="COFF"))  # a channel where kbot is switched off
+    await wait_until(lambda: env.stats["ignored"] == 3)
+    await env.event(message("I answer myself", user=BOT_USER, bot_id=BOT_ID))  # kbot's own message
+    await env.event(message(QUESTION, bot_id="B0OTHER", subtype="bot_message"))  # another bot
+    await env.event(message(QUESTION, subtype="message_changed"))  # an edit
+    await asyncio.sleep(0.5)
+    await env.runtime.service.drain(10)
+    assert env.stats["ignored"] == 3 and env.stats["answered"] == 0
+    assert env.posted() == [] and env.model.requests == []
+
+
+async def test_channel_that_answers_every_message(env: SlackEnv) -> None:
+    await env.event(message(QUESTION, channel="CALL"))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    assert env.posted()[0]["channel"] == "CALL"
+
+
+async def test_rate_limit_gets_a_friendly_private_message(env: SlackEnv) -> None:
+    for _ in range(6):  # the limit is 5 a minute
+        await env.event(mention(QUESTION, user="U9"))
+    await wait_until(lambda: env.stats["answered"] + env.stats["rate_limited"] == 6)
+    assert env.stats["rate_limited"] == 1
+    [ephemeral] = [c.params for c in env.slack.named("chat.postEphemeral")]
+    assert ephemeral["user"] == "U9" and "wait a moment" in ephemeral["text"]
+
+
+async def test_slack_rate_limit_on_the_web_api_is_retried(env: SlackEnv) -> None:
+    env.slack.failures["chat.update"] = [(429, {"Retry-After": "1"})]
+    await env.event(mention(QUESTION))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
+    assert "Sick leave" in final["text"] and env.stats["failed"] == 0
+    assert len([c for c in env.slack.named("chat.update") if c.params["ts"] == final["ts"]]) >= 2
+
+
+async def test_usergroup_members_get_their_acl_groups(env: SlackEnv) -> None:
+    await env.event(mention(QUESTION, user="UHR"))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    assert env.slack.named("usergroups.users.list")[0].params["usergroup"] == "S0HR"
+    # The groups reached the search: the answer log keeps what was retrieved under them.
+    [answer] = await rows(env, Answer)
+    assert answer.asker == "UHR" and answer.retrieved
+
+
+async def test_model_failure_posts_an_error_in_the_thread(tmp_path: Path, embedder: Embedder) -> None:
+    async with slack_env(tmp_path, embedder, model_url="http://127.0.0.1:9/v1") as env:
+        await env.event(mention(QUESTION, ts="1700000000.000009"))
+        await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
+        final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
+        assert final["text"].startswith("Sorry, I could not answer this right now")
+        assert render.VOTE_UP not in blocks_text(final)  # no feedback buttons on an error
+        [answer] = await rows(env, Answer)
+        assert answer.status == "error"
+
+
+async def test_database_failure_posts_an_error(env: SlackEnv) -> None:
+    from bot.ledger import ChatLedger
+    from kbot.db import Database
+
+    broken = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    env.runtime.service.ledger = ChatLedger(broken)
+    await env.event(mention(QUESTION, ts="1700000000.000011"))
+    await wait_until(lambda: env.stats["failed"] == 1)
+    await broken.close()
+    [notice] = env.posted()
+    assert notice["text"].startswith("Sorry, something went wrong on my side")
+    assert "SQL store" in notice["text"]
+    assert notice["thread_ts"] == "1700000000.000011"
+
+
+# --- feedback ---
+
+
+async def answered(env: SlackEnv, user: str = "U1") -> tuple[str, str]:
+    """Ask once; the answer id and the ts of the message that shows it."""
+    done = env.stats["answered"] + 1
+    await env.event(mention(QUESTION, user=user))
+    await wait_until(lambda: env.stats["answered"] == done)
+    answer = (await rows(env, Answer))[-1]
+    return answer.id, env.slack.named("chat.postMessage")[-1].params["_ts"]
+
+
+def reaction(
+    kind: str, name: str, ts: str, *, user: str = "U2", item_user: str = BOT_USER
+) -> dict[str, object]:
+    return {
+        "type": kind,
+        "user": user,
+        "reaction": name,
+        "item_user": item_user,
+        "item": {"type": "message", "channel": "C1", "ts": ts},
+        "event_ts": "1700000100.000001",
+    }
+
+
+def click(action_id: str, answer_id: str, ts: str, *, user: str = "U3") -> dict[str, object]:
+    return {
+        "type": "block_actions",
+        "user": {"id": user},
+        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+        "container": {"type": "message", "message_ts": ts, "channel_id": "C1"},
+        "channel": {"id": "C1"},
+        "message": {"ts": ts, "thread_ts": "1699999000.000001"},
+        "actions": [{"action_id": action_id, "value": answer_id, "type": "button"}],
+    }
+
+
+async def live_votes(env: SlackEnv) -> set[tuple[str, str, int, str]]:
+    return {(v.answer_id, v.voter, v.value, v.origin) for v in await rows(env, Vote)}
+
+
+async def test_reactions_and_buttons_leave_exactly_the_live_votes(env: SlackEnv) -> None:
+    answer_id, ts = await answered(env)
+    other_id, other_ts = await answered(env)
+    expected = 0
+
+    async def send(event: dict[str, object], **kwargs: object) -> None:
+        nonlocal expected
+        expected += 1
+        assert (await env.event(event, **kwargs)).status == 200  # type: ignore[arg-type]
+        await wait_until(lambda: env.stats["feedback_recorded"] + env.stats["feedback_ignored"] == expected)
+
+    await send(reaction("reaction_added", "+1", ts))
+    assert await live_votes(env) == {(answer_id, "U2", 1, "reaction")}
+    await send(reaction("reaction_added", "-1::skin-tone-3", ts))  # changing replaces
+    assert await live_votes(env) == {(answer_id, "U2", -1, "reaction")}
+    await send(reaction("reaction_removed", "+1", ts))  # taking back the 👍 leaves the 👎
+    assert await live_votes(env) == {(answer_id, "U2", -1, "reaction")}
+    await send(reaction("reaction_added", "thumbsup::skin-tone-6", ts, user="U4"))
+    await send(reaction("reaction_added", "thumbsdown", other_ts, user="U4"))
+    await send(reaction("reaction_removed", "-1", ts))  # removing deletes
+    assert await live_votes(env) == {(answer_id, "U4", 1, "reaction"), (other_id, "U4", -1, "reaction")}
+
+    # A retried reaction event is not applied twice (it would resurrect a removed vote).
+    await send(reaction("reaction_added", "+1", ts, user="U5"), event_id="EvR1")
+    await send(reaction("reaction_removed", "+1", ts, user="U5"), event_id="EvR2")
+    await send(reaction("reaction_added", "+1", ts, user="U5"), event_id="EvR1", retry=1)
+    assert not any(voter == "U5" for _, voter, _, _ in await live_votes(env))
+
+    # Reactions kbot ignores: not a vote emoji, another person's message, a message without an answer.
+    await env.event(reaction("reaction_added", "tada", ts, user="U6"))
+    await env.event(reaction("reaction_added", "+1", ts, user="U6", item_user="U1"))
+    await send(reaction("reaction_added", "+1", "1234.5678", user="U6"))
+
+    # Buttons: a 👎 click by U4 replaces their 👍 reaction; U3 votes 👍.
+    assert (await env.interact(click(render.VOTE_DOWN, answer_id, ts, user="U4"))).status == 200
+    assert (await env.interact(click(render.VOTE_UP, answer_id, ts))).status == 200
+    await wait_until(lambda: env.stats["feedback_recorded"] + env.stats["feedback_ignored"] == expected + 2)
+    assert await live_votes(env) == {
+        (answer_id, "U4", -1, "button"),
+        (answer_id, "U3", 1, "button"),
+        (other_id, "U4", -1, "reaction"),
+    }
+    thanks = [c.params["text"] for c in env.slack.named("chat.postEphemeral")]
+    assert any("👍" in t for t in thanks) and any("👎" in t for t in thanks)
+
+
+async def test_forged_button_value_is_refused_politely(env: SlackEnv) -> None:
+    _answer_id, ts = await answered(env)
+    assert (await env.interact(click(render.VOTE_UP, "not-an-answer", ts))).status == 200
+    await wait_until(lambda: env.stats["feedback_failed"] == 1)
+    assert await rows(env, Vote) == []
+    [sorry] = [c.params for c in env.slack.named("chat.postEphemeral")]
+    assert sorry["user"] == "U3" and "could not record your vote" in sorry["text"]
+
+
+async def test_suggest_a_better_answer_stores_a_correction(env: SlackEnv) -> None:
+    answer_id, ts = await answered(env)
+    assert (await env.interact(click(render.SUGGEST, answer_id, ts))).status == 200
+    await wait_until(lambda: bool(env.slack.named("views.open")))
+    opened = env.slack.named("views.open")[0].params
+    assert opened["trigger_id"] == "13345224609.738474920.8088930838d88f008e0"
+    view = opened["view"]
+    assert view["callback_id"] == render.CORRECTION_VIEW
+
+    def submission(text: str) -> dict[str, object]:
+        state = {
+            "values": {
+                render.CORRECTION_BLOCK: {
+                    render.CORRECTION_INPUT: {"type": "plain_text_input", "value": text}
+                }
+            }
+        }
+        return {
+            "type": "view_submission",
+            "user": {"id": "U3"},
+            "trigger_id": "1.2.3",
+            "view": {**view, "id": "V1", "state": state},
+        }
+
+    empty = await env.interact(submission("   "))
+    assert empty.status == 200 and (await empty.json())["response_action"] == "errors"
+    better = "Sick leave: up to 10 paid days a year; a doctor's note from the third day [1]."
+    saved = await env.interact(submission(better))
+    assert saved.status == 200 and await saved.text() == ""  # the modal closes
+    [correction] = await rows(env, Correction)
+    assert (correction.answer_id, correction.author, correction.text) == (answer_id, "U3", better)
+    await wait_until(lambda: any("saved" in c.params["text"] for c in env.slack.named("chat.postEphemeral")))
+
+
+# --- the server without Slack, and Socket Mode ---
+
+
+async def test_server_starts_without_slack_settings(tmp_path: Path, embedder: Embedder) -> None:
+    async with slack_env(tmp_path, embedder, slack_signing_secret=None, slack_bot_token=None) as env:
+        assert (await (await env.client.get("/healthz")).json())["slack"] is False
+        assert (await env.event(mention(QUESTION))).status == 404
+
+
+async def test_socket_mode_answers_and_acks_envelopes(tmp_path: Path, embedder: Embedder) -> None:
+    from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+    async with slack_env(tmp_path, embedder, slack_app_token="xapp-1-test") as env:
+        assert env.runtime.slack is not None
+        handler = AsyncSocketModeHandler(env.runtime.slack.app, "xapp-1-test", ping_interval=30)
+        await handler.connect_async()  # type: ignore[no-untyped-call]
+        try:
+            await wait_until(lambda: env.slack.connected)
+            event = json.loads(event_body(mention(QUESTION, ts="1700000000.000077"), "EvSOCK"))
+            envelope_id = await env.slack.push(event)
+            await wait_until(lambda: env.stats["answered"] == 1)
+            assert {"envelope_id": envelope_id} in [
+                {"envelope_id": a.get("envelope_id")} for a in env.slack.socket_acks
+            ]
+            assert env.posted()[0]["thread_ts"] == "1700000000.000077"
+            assert env.slack.named("apps.connections.open")[0].params["_token"] == "Bearer xapp-1-test"
+        finally:
+            await handler.close_async()
