@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/answer.py
+	$(BIN)/python bench/slack_ack.py
 
 clean:
 	rm -rf .kbot .pytest_cache .mypy_cache .ruff_cache

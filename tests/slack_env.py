@@ -31,6 +31,7 @@ from tests.fake_slack import (
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "handbook"
 WIKI = "https://wiki.example.com/handbook/"
 _ids = itertools.count(1)
+SALARY_DOC = "# Salary bands\n\nEngineers at level 2 earn between 70,000 and 85,000 euros per year.\n"
 
 
 @dataclass
@@ -141,6 +142,10 @@ async def slack_env(
         kb = await KnowledgeBase.open(settings, embedder=embedder)
         try:
             await kb.ingest([str(EXAMPLES)], "handbook")
+            restricted = tmp_path / "restricted"
+            restricted.mkdir(exist_ok=True)
+            (restricted / "salary-bands.md").write_text(SALARY_DOC)
+            await kb.ingest([str(restricted)], "handbook", acl=["hr"])
             async with open_runtime(settings, kb=kb) as runtime:
                 client = TestClient(TestServer(build_app(runtime)))
                 await client.start_server()

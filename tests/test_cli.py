@@ -106,3 +106,97 @@ def test_ask_json_contract(workdir: tuple[Path, dict[str, str]], base_model_dir:
     readable = kbot("ask", "How many days of sick leave do I get?", "-c", "hr", cwd=cwd, env=env)
     assert readable.returncode == 0, readable.stderr
     assert "Sources:\n  [1] Leave policy (handbook/leave-policy.md)" in readable.stdout
+
+
+async def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, object]:
+    import asyncio
+
+    import aiohttp
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while asyncio.get_running_loop().time() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                async with session.get(url + "/healthz") as response:
+                    return dict(await response.json())
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.3)
+    raise AssertionError("kbot serve did not come up")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
+    workdir: tuple[Path, dict[str, str]], base_model_dir: str
+) -> None:
+    """`kbot serve` as users run it: Slack off without settings; on with them; SIGTERM drains and exits 0."""
+    import signal
+
+    import aiohttp
+
+    from tests.fake_slack import SECRET, event_body, fake_slack_server, sign, wait_until
+
+    cwd, env = workdir
+    env = {**env, "KBOT_BASE_MODEL": base_model_dir, "KBOT_MAX_NEW_TOKENS": "24"}
+    port = _free_port()
+    off = subprocess.Popen(
+        [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert await _wait_healthy(f"http://127.0.0.1:{port}", off) == {"status": "ok", "slack": False}
+    finally:
+        off.send_signal(signal.SIGTERM)
+        _, stderr = off.communicate(timeout=60)
+    assert off.returncode == 0
+    assert "Slack is off: set KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN" in stderr
+
+    async with fake_slack_server() as slack:
+        env |= {
+            "KBOT_SLACK_SIGNING_SECRET": SECRET,
+            "KBOT_SLACK_BOT_TOKEN": "xoxb-cli",
+            "KBOT_SLACK_API_URL": slack.url + "/api/",
+            "KBOT_SLACK_UPDATE_INTERVAL_S": "0.2",
+        }
+        on = subprocess.Popen(
+            [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            assert (await _wait_healthy(url, on))["slack"] is True
+            event = {
+                "type": "app_mention",
+                "user": "U1",
+                "channel": "C1",
+                "ts": "1700000000.000100",
+                "text": "<@UBOT> How many days of sick leave do I get?",
+            }
+            body = event_body(event, "EvCLI")
+            async with aiohttp.ClientSession() as session:
+                headers = {"Content-Type": "application/json", **sign(body)}
+                async with session.post(url + "/slack/events", data=body, headers=headers) as response:
+                    assert response.status == 200
+
+            def final_answer() -> bool:
+                return any(
+                    "Sources" in json.dumps(c.params.get("blocks", [])) for c in slack.named("chat.update")
+                )
+
+            await wait_until(final_answer, timeout=120)
+            final = next(
+                c.params for c in slack.named("chat.update") if "Sources" in json.dumps(c.params["blocks"])
+            )
+            assert final["channel"] == "C1" and "leave-policy.md" in json.dumps(final["blocks"])
+            assert len(slack.named("chat.update")) >= 2  # streamed before the final text
+        finally:
+            on.send_signal(signal.SIGTERM)
+            _, stderr = on.communicate(timeout=60)
+        assert on.returncode == 0, stderr
+        assert "Slack is on" in stderr

@@ -190,13 +190,34 @@ async def test_slack_rate_limit_on_the_web_api_is_retried(env: SlackEnv) -> None
     assert len([c for c in env.slack.named("chat.update") if c.params["ts"] == final["ts"]]) >= 2
 
 
-async def test_usergroup_members_get_their_acl_groups(env: SlackEnv) -> None:
-    await env.event(mention(QUESTION, user="UHR"))
-    await wait_until(lambda: env.stats["answered"] == 1)
+async def test_acl_groups_come_from_users_and_user_groups(env: SlackEnv) -> None:
+    """salary-bands.md is ingested for group hr only; Slack user group S0HR maps to hr."""
+    question = "How much do engineers at level 2 earn per year?"
+    await env.event(mention(question, user="UHR"))  # a member of S0HR
+    await env.event(mention(question, user="U1"))  # not a member
+    await wait_until(lambda: env.stats["answered"] == 2)
     assert env.slack.named("usergroups.users.list")[0].params["usergroup"] == "S0HR"
-    # The groups reached the search: the answer log keeps what was retrieved under them.
-    [answer] = await rows(env, Answer)
-    assert answer.asker == "UHR" and answer.retrieved
+    by_asker = {a.asker: a for a in await rows(env, Answer)}
+    assert any(r["source"].endswith("salary-bands.md") for r in by_asker["UHR"].retrieved)
+    assert not any(r["source"].endswith("salary-bands.md") for r in by_asker["U1"].retrieved)
+    assert "70,000" not in json.dumps(by_asker["U1"].messages)  # never shown to the model for U1
+
+
+async def test_long_answer_is_split_into_messages_in_the_thread(tmp_path: Path, embedder: Embedder) -> None:
+    long_answer = " ".join(f"Sentence {i} about sick leave being ten days [1]." for i in range(150))
+    async with slack_env(tmp_path, embedder, answer=long_answer) as env:
+        await env.event(mention(QUESTION, ts="1700000000.000042"))
+        await wait_until(lambda: env.stats["answered"] == 1)
+        posted = env.slack.named("chat.postMessage")
+        assert len(posted) >= 3  # the placeholder, then continuations
+        assert all(p.params["thread_ts"] == "1700000000.000042" for p in posted)
+        shown = [env.final(p.params["_ts"]) or p.params for p in posted]
+        assert all(len(m["text"]) <= render.PART_LIMIT for m in shown)
+        assert render.VOTE_UP in blocks_text(shown[-1]) and render.VOTE_UP not in blocks_text(shown[0])
+        assert "Sentence 0 " in shown[0]["text"] and "Sentence 149 " in shown[-1]["text"]
+        [answer] = await rows(env, Answer)
+        assert {m.message_id for m in await rows(env, AnswerMessage)} == {p.params["_ts"] for p in posted}
+        assert answer.status == "ok"
 
 
 async def test_model_failure_posts_an_error_in_the_thread(tmp_path: Path, embedder: Embedder) -> None:
