@@ -21,7 +21,7 @@ from agent.answering import Answerer, AnswerResult, Question
 from bot.access import Access
 from bot.ledger import ChatLedger
 from finetune.votes import VoteLog
-from kbot.errors import KbotError
+from kbot.errors import AgentError, ChatError, KbotError, KnowledgeError, StoreError
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,14 @@ RATE_LIMITED = (
 )
 NO_DOCUMENTS = "I have no documents to answer from yet. Ask an admin to add some with `kbot ingest`."
 FAILED = "Sorry, something went wrong on my side and I could not answer: {reason} Please try again later."
+RESTARTED = "Sorry, I was restarted before I could finish this answer. Please ask again."
+# What the asker is told; the full error, with hosts and causes, goes to the log only.
+PUBLIC_REASONS: tuple[tuple[type[KbotError], str], ...] = (
+    (StoreError, "my database is not available right now."),
+    (ChatError, "the chat service did not accept my reply."),
+    (KnowledgeError, "my document search is not available right now."),
+    (AgentError, "the language model is not available right now."),
+)
 
 Resolver = Callable[[str], Awaitable[tuple[str, ...]]]
 Outcome = Literal["answered", "ignored", "duplicate", "rate_limited", "failed"]
@@ -51,6 +59,7 @@ class IncomingMessage:
     text: str
     addressed: bool  # a mention or a direct message: answer whatever the channel policy says
     in_thread: bool = False  # posted as a reply inside an existing thread
+    mentions_others: bool = False  # names other people (and not kbot): not addressed to kbot
     identities: tuple[str, ...] = ()  # more ids of the user for Settings.groups (their team…)
 
 
@@ -121,17 +130,25 @@ class ChatService:
     async def _answer(self, message: IncomingMessage, reply: Reply) -> Outcome:
         try:
             return await self.handle(message, reply)
+        except asyncio.CancelledError:
+            # Shutting down past the drain deadline: the platform got its ack long ago and will
+            # not retry, so say so rather than leave a placeholder hanging.
+            await asyncio.shield(self._tell(message, reply, RESTARTED))
+            raise
         except KbotError as exc:
             log.error("answering %s failed: %s", message.key, exc)
-            reason = str(exc)
-        except Exception:
+            reason = next((text for kind, text in PUBLIC_REASONS if isinstance(exc, kind)), str(exc))
+        except Exception:  # last resort of a background task; logged with its traceback
             log.exception("answering %s failed", message.key)
             reason = "an unexpected error (it is in kbot's log)."
-        try:
-            await reply.notice(FAILED.format(reason=reason))
-        except Exception:
-            log.exception("could not tell the asker of %s about the failure", message.key)
+        await self._tell(message, reply, FAILED.format(reason=reason))
         return "failed"
+
+    async def _tell(self, message: IncomingMessage, reply: Reply, text: str) -> None:
+        try:
+            await reply.notice(text)
+        except Exception:  # the platform itself is failing; nothing is left but the log
+            log.exception("could not tell the asker of %s: %s", message.key, text)
 
     async def handle(self, message: IncomingMessage, reply: Reply) -> Outcome:
         policy = self.access.policy(message.platform, message.channel)
@@ -139,14 +156,14 @@ class ChatService:
             return "ignored"
         if not message.addressed and not await self._is_follow_up(message, policy.mention_only):
             return "ignored"
-        asked = await self.ledger.claim_question(
-            message.key, platform=message.platform, actor=message.user, window=RATE_WINDOW
+        limit = self.settings.rate_limit_per_minute
+        claim = await self.ledger.claim_question(
+            message.key, platform=message.platform, actor=message.user, window=RATE_WINDOW, limit=limit
         )
-        if asked is None:
+        if claim == "duplicate":
             log.info("%s already handled (retry or duplicate delivery)", message.key)
             return "duplicate"
-        limit = self.settings.rate_limit_per_minute
-        if limit and asked > limit:
+        if claim == "limited":
             await reply.notice(RATE_LIMITED.format(limit=limit), private=True)
             return "rate_limited"
         collections = policy.collections or await self.answerer.kb.catalog.collection_names()
@@ -176,19 +193,30 @@ class ChatService:
             if isinstance(item, AnswerResult):
                 ids = await reply.finish(item)
                 if item.status != "error":
-                    await self.ledger.record_messages(
-                        item.answer_id, platform=message.platform, channel=message.channel, message_ids=ids
-                    )
+                    await self._remember(message, item.answer_id, ids)
             else:
                 text += item
                 await reply.update(text)
 
+    async def _remember(self, message: IncomingMessage, answer_id: str, message_ids: list[str]) -> None:
+        """Map the shown messages to the answer, for reactions. The answer is out: a failure here
+        costs reaction votes on it, never the answer itself."""
+        try:
+            await self.ledger.record_messages(
+                answer_id, platform=message.platform, channel=message.channel, message_ids=message_ids
+            )
+        except KbotError as exc:
+            log.error("answer %s was shown, but its messages were not recorded: %s", answer_id, exc)
+
     async def _is_follow_up(self, message: IncomingMessage, mention_only: bool) -> bool:
+        if message.mentions_others:
+            return False  # talking to someone else
         if not message.in_thread:
             # A top-level message: answered only where the channel says "every message".
             return not mention_only
+        # In a thread kbot answered in, the people who asked it are still talking to it.
         return await self.ledger.answered_in_thread(
-            platform=message.platform, channel=message.channel, thread=message.thread
+            platform=message.platform, channel=message.channel, thread=message.thread, asker=message.user
         )
 
     async def feedback(self, event: FeedbackEvent) -> str | None:

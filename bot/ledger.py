@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Literal
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kbot.db import Database
 from kbot.db.models import Answer, AnswerMessage, InboundEvent, utcnow
+
+Claim = Literal["accepted", "duplicate", "limited"]
 
 
 class ChatLedger:
@@ -28,9 +31,12 @@ class ChatLedger:
         async with self._db.session() as s:
             return await self._insert(s, key, platform=platform, kind="event", actor=actor)
 
-    async def claim_question(self, key: str, *, platform: str, actor: str, window: timedelta) -> int | None:
-        """Claim a question: None if another delivery already did, else how many questions
-        ``actor`` has asked in the last ``window``, this one included.
+    async def claim_question(
+        self, key: str, *, platform: str, actor: str, window: timedelta, limit: int
+    ) -> Claim:
+        """Claim a question: ``duplicate`` if another delivery already did; ``limited`` if it
+        would be ``actor``'s question number ``limit + 1`` or more in the last ``window``
+        (0 = no limit); else ``accepted``. Limited questions do not count against later ones.
 
         The count is exact under concurrency because it runs in the claim's transaction while
         the person's claims are serialised: SQLite has one writer at a time, and PostgreSQL takes
@@ -41,7 +47,9 @@ class ChatLedger:
                 lock = f"kbot:questions:{platform}:{actor}"
                 await s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:lock))"), {"lock": lock})
             if not await self._insert(s, key, platform=platform, kind="question", actor=actor):
-                return None
+                return "duplicate"
+            if not limit:
+                return "accepted"
             count = await s.scalar(
                 select(func.count()).where(
                     InboundEvent.platform == platform,
@@ -50,7 +58,10 @@ class ChatLedger:
                     InboundEvent.received_at >= utcnow() - window,
                 )
             )
-        return int(count or 0)
+            if int(count or 0) <= limit:
+                return "accepted"
+            await s.execute(update(InboundEvent).where(InboundEvent.key == key).values(kind="limited"))
+            return "limited"
 
     async def _insert(self, s: AsyncSession, key: str, *, platform: str, kind: str, actor: str) -> bool:
         stmt = (
@@ -94,9 +105,13 @@ class ChatLedger:
         async with self._db.session() as s:
             return await s.scalar(stmt)
 
-    async def answered_in_thread(self, *, platform: str, channel: str, thread: str) -> bool:
-        stmt = select(
-            exists().where(Answer.platform == platform, Answer.channel == channel, Answer.thread == thread)
-        )
+    async def answered_in_thread(
+        self, *, platform: str, channel: str, thread: str, asker: str | None = None
+    ) -> bool:
+        """Whether kbot answered in this thread (someone's question, or ``asker``'s when given)."""
+        where = [Answer.platform == platform, Answer.channel == channel, Answer.thread == thread]
+        if asker is not None:
+            where.append(Answer.asker == asker)
+        stmt = select(exists().where(*where))
         async with self._db.session() as s:
             return bool(await s.scalar(stmt))

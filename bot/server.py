@@ -67,10 +67,25 @@ async def open_runtime(
         gc.collect()
         gc.freeze()
         db = answerer.kb.db
+        await _check_channel_collections(settings, answerer.kb)
         service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db))
         stack.push_async_callback(service.drain, DRAIN_S)
         slack = SlackAdapter(settings, service) if settings.slack_enabled else None
         yield Runtime(settings, service, slack)
+
+
+async def _check_channel_collections(settings: Settings, kb: KnowledgeBase) -> None:
+    """Say at start, not at the first question, when a channel names a collection that does not exist."""
+    known = set(await kb.catalog.collection_names())
+    for key, policy in settings.channels.items():
+        for name in policy.collections:
+            if name not in known:
+                log.warning(
+                    "channel %s names collection %r, which does not exist (known: %s)",
+                    key,
+                    name,
+                    ", ".join(sorted(known)) or "none",
+                )
 
 
 def build_app(runtime: Runtime) -> web.Application:

@@ -35,6 +35,8 @@ class FakeSlack:
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     # method -> list of (status, headers) answered before the real response, one per call
     failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    # (channel, ts) -> reaction name -> users: what reactions.get reports, set by tests
+    reactions: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
     url: str = ""
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -60,25 +62,30 @@ class FakeSlack:
         return web.json_response(self._respond(method, params))
 
     def _respond(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        if method == "auth.test":
+        if method == "chat.postMessage":
+            params["_ts"] = f"1700000{next(self._ts):03d}.000100"  # recorded with the call, for tests
+            return {"ok": True, "channel": params["channel"], "ts": params["_ts"]}
+        if method == "reactions.get":
+            found = self.reactions.get((params["channel"], params["timestamp"]), {})
+            reactions = [{"name": n, "users": u, "count": len(u)} for n, u in found.items() if u]
             return {
                 "ok": True,
+                "type": "message",
+                "message": {"ts": params["timestamp"], "reactions": reactions},
+            }
+        fixed: dict[str, dict[str, Any]] = {
+            "auth.test": {
                 "team_id": TEAM,
                 "user_id": BOT_USER,
                 "bot_id": BOT_ID,
                 "team": "Acme",
                 "user": "kbot",
-            }
-        if method == "chat.postMessage":
-            params["_ts"] = f"1700000{next(self._ts):03d}.000100"  # recorded with the call, for tests
-            return {"ok": True, "channel": params["channel"], "ts": params["_ts"]}
-        if method == "chat.postEphemeral":
-            return {"ok": True, "message_ts": f"1700000{next(self._ts):03d}.000200"}
-        if method == "usergroups.users.list":
-            return {"ok": True, "users": self.usergroups.get(params["usergroup"], [])}
-        if method == "apps.connections.open":
-            return {"ok": True, "url": self.url.replace("http", "ws", 1) + "/link"}
-        return {"ok": True}
+            },
+            "chat.postEphemeral": {"message_ts": f"1700000{next(self._ts):03d}.000200"},
+            "usergroups.users.list": {"users": self.usergroups.get(params.get("usergroup", ""), [])},
+            "apps.connections.open": {"url": self.url.replace("http", "ws", 1) + "/link"},
+        }
+        return {"ok": True, **fixed.get(method, {})}
 
     async def link(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

@@ -105,31 +105,32 @@ async def test_concurrent_claims_across_replicas_have_one_winner(sql_url: str, d
         asked = await asyncio.gather(
             *(
                 ledger.claim_question(
-                    "slack:msg:C1:1.1", platform="slack", actor="U1", window=timedelta(minutes=1)
+                    "slack:msg:C1:1.1", platform="slack", actor="U1", window=timedelta(minutes=1), limit=5
                 )
                 for ledger in ledgers
             )
         )
-        assert sorted(asked, key=lambda x: x or 0) == [None, None, None, 1]
+        assert sorted(asked) == ["accepted", "duplicate", "duplicate", "duplicate"]
     finally:
         for db in replicas:
             await db.close()
 
 
-async def test_question_counts_are_exact_under_concurrency(sql_url: str, database: Database) -> None:
+async def test_rate_limit_is_exact_under_concurrency(sql_url: str, database: Database) -> None:
     replicas = [Database(sql_url) for _ in range(3)]
     try:
         window = timedelta(minutes=1)
         ledgers = [ChatLedger(db) for db in replicas]
-        counts = await asyncio.gather(
+        claims = await asyncio.gather(
             *(
                 ledgers[i % 3].claim_question(
-                    f"slack:msg:C1:{i}", platform="slack", actor="U7", window=window
+                    f"slack:msg:C1:{i}", platform="slack", actor="U7", window=window, limit=5
                 )
                 for i in range(9)
             )
         )
-        assert sorted(c or 0 for c in counts) == list(range(1, 10))  # each question knows its place
+        # Nine at once from three replicas: exactly the limit gets through, never more or fewer.
+        assert sorted(claims) == ["accepted"] * 5 + ["limited"] * 4
     finally:
         for db in replicas:
             await db.close()
@@ -148,3 +149,21 @@ async def test_answer_messages_and_threads(database: Database) -> None:
     await ledger.claim("k", platform="slack", actor="U1")
     await asyncio.sleep(0.01)
     assert await ledger.prune(timedelta(0)) == 1
+
+
+async def test_limited_questions_do_not_count_against_later_ones(database: Database) -> None:
+    ledger = ChatLedger(database)
+    window = timedelta(seconds=1)
+
+    async def ask(n: int) -> str:
+        return await ledger.claim_question(f"q{n}", platform="slack", actor="U1", window=window, limit=2)
+
+    assert await ask(1) == "accepted"
+    await asyncio.sleep(0.6)
+    assert [await ask(2), await ask(3)] == ["accepted", "limited"]
+    assert await ask(2) == "duplicate"
+    await asyncio.sleep(0.5)  # q1 has left the window; q2 and the refused q3 have not
+    assert await ask(4) == "accepted"  # only q2 and q4 count
+    assert (
+        await ledger.claim_question("q5", platform="slack", actor="U2", window=window, limit=0) == "accepted"
+    )

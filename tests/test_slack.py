@@ -120,14 +120,21 @@ async def test_retries_and_duplicate_deliveries_answer_once(env: SlackEnv) -> No
     first = await env.event(event, event_id="EvSAME")
     retry = await env.event(event, event_id="EvSAME", retry=1)
     again = await env.event(event, event_id="EvSAME", retry=2)
-    # The same message also arrives as a plain message event with its own event id.
-    as_message = await env.event(message(event["text"], ts=event["ts"]), event_id="EvOTHER")
-    assert {first.status, retry.status, again.status, as_message.status} == {200}
-    await wait_until(lambda: env.stats["answered"] + env.stats["duplicate"] == 3)
+    # In a channel that answers every message, the same message also arrives as a message event
+    # (here with the older <@U|name> mention form) with its own event id.
+    both = mention(QUESTION, channel="CALL")
+    as_mention = await env.event(both, event_id="EvM")
+    legacy = both["text"].replace(f"<@{BOT_USER}>", f"<@{BOT_USER}|kbot>")
+    as_message = await env.event(message(legacy, channel="CALL", ts=both["ts"]), event_id="EvOTHER")
+    assert {first.status, retry.status, again.status, as_mention.status, as_message.status} == {200}
+    await wait_until(lambda: env.stats["answered"] + env.stats["duplicate"] >= 4)
+    await asyncio.sleep(0.3)
     await env.runtime.service.drain(10)
-    assert env.stats["answered"] == 1
-    assert len(env.posted()) == 1 and len(env.model.requests) == 1
-    assert len(await rows(env, Answer)) == 1
+    assert env.stats["answered"] == 2  # one per message
+    assert len(env.posted()) == 2 and len(env.model.requests) == 2
+    answers = await rows(env, Answer)
+    assert sorted(a.channel for a in answers) == ["C1", "CALL"]
+    assert all(a.question == QUESTION for a in answers)
 
 
 async def test_direct_message_is_answered_without_a_mention(env: SlackEnv) -> None:
@@ -137,6 +144,13 @@ async def test_direct_message_is_answered_without_a_mention(env: SlackEnv) -> No
     assert placeholder["channel"] == "D1" and "thread_ts" not in placeholder  # a DM reply, not a thread
     [answer] = await rows(env, Answer)
     assert answer.thread == "D1"  # the DM is one conversation
+    # "Reply in thread" under kbot's DM answer continues the same conversation, in that thread.
+    kbot_ts = placeholder["_ts"]
+    await env.event(message("And a doctor's note?", channel="D1", channel_type="im", thread_ts=kbot_ts))
+    await wait_until(lambda: env.stats["answered"] == 2)
+    assert env.posted()[-1]["thread_ts"] == kbot_ts
+    assert {a.thread for a in await rows(env, Answer)} == {"D1"}
+    assert "Sick leave is 10 days per year" in json.dumps(env.model.requests[-1][1]["messages"])
 
 
 async def test_follow_up_in_a_thread_kbot_answered_needs_no_mention(env: SlackEnv) -> None:
@@ -148,8 +162,14 @@ async def test_follow_up_in_a_thread_kbot_answered_needs_no_mention(env: SlackEn
     answers = await rows(env, Answer)
     assert {a.thread for a in answers} == {root["ts"]}
     assert all(p["thread_ts"] == root["ts"] for p in env.posted())
-    # The follow-up was asked with the thread's history.
-    assert "sick leave" in json.dumps(env.model.requests[-1][1]["messages"]).lower()
+    # The follow-up was asked with the thread's history: the earlier question and answer.
+    follow_up_prompt = json.dumps(env.model.requests[-1][1]["messages"])
+    assert QUESTION in follow_up_prompt and "Sick leave is 10 days per year" in follow_up_prompt
+    # Someone else chatting in the thread, or the asker talking to a colleague, is not a question.
+    await env.event(message("thanks, that helps!", user="U8", thread_ts=root["ts"]))
+    await env.event(message("<@U0BOB> can you check this?", thread_ts=root["ts"]))
+    await wait_until(lambda: env.stats["ignored"] == 2)
+    assert env.stats["answered"] == 2
 
 
 async def test_messages_kbot_must_not_answer(env: SlackEnv) -> None:
@@ -242,7 +262,8 @@ async def test_database_failure_posts_an_error(env: SlackEnv) -> None:
     await broken.close()
     [notice] = env.posted()
     assert notice["text"].startswith("Sorry, something went wrong on my side")
-    assert "SQL store" in notice["text"]
+    assert "my database is not available" in notice["text"]
+    assert "127.0.0.1" not in notice["text"] and "postgresql" not in notice["text"]  # details stay in the log
     assert notice["thread_ts"] == "1700000000.000011"
 
 
@@ -298,27 +319,42 @@ async def test_reactions_and_buttons_leave_exactly_the_live_votes(env: SlackEnv)
         assert (await env.event(event, **kwargs)).status == 200  # type: ignore[arg-type]
         await wait_until(lambda: env.stats["feedback_recorded"] + env.stats["feedback_ignored"] == expected)
 
-    await send(reaction("reaction_added", "+1", ts))
+    def react(kind: str, name: str, on: str, user: str = "U2", **kwargs: object) -> dict[str, object]:
+        """Change the message's reactions as Slack would, then return the event Slack sends."""
+        users = env.slack.reactions.setdefault(("C1", on), {}).setdefault(name, [])
+        if kind == "reaction_added":
+            users.append(user)
+        else:
+            users.remove(user)
+        return reaction(kind, name, on, user=user, **kwargs)  # type: ignore[arg-type]
+
+    await send(react("reaction_added", "+1", ts))
     assert await live_votes(env) == {(answer_id, "U2", 1, "reaction")}
-    await send(reaction("reaction_added", "-1::skin-tone-3", ts))  # changing replaces
+    await send(react("reaction_added", "-1::skin-tone-3", ts))  # changing replaces
     assert await live_votes(env) == {(answer_id, "U2", -1, "reaction")}
-    await send(reaction("reaction_removed", "+1", ts))  # taking back the 👍 leaves the 👎
+    await send(react("reaction_removed", "+1", ts))  # taking back the 👍 leaves the 👎
     assert await live_votes(env) == {(answer_id, "U2", -1, "reaction")}
-    await send(reaction("reaction_added", "thumbsup::skin-tone-6", ts, user="U4"))
-    await send(reaction("reaction_added", "thumbsdown", other_ts, user="U4"))
-    await send(reaction("reaction_removed", "-1", ts))  # removing deletes
+    await send(react("reaction_added", "thumbsup::skin-tone-6", ts, user="U4"))
+    await send(react("reaction_added", "thumbsdown", other_ts, user="U4"))
+    await send(react("reaction_removed", "-1::skin-tone-3", ts))  # removing deletes
     assert await live_votes(env) == {(answer_id, "U4", 1, "reaction"), (other_id, "U4", -1, "reaction")}
 
-    # A retried reaction event is not applied twice (it would resurrect a removed vote).
-    await send(reaction("reaction_added", "+1", ts, user="U5"), event_id="EvR1")
-    await send(reaction("reaction_removed", "+1", ts, user="U5"), event_id="EvR2")
+    # A retried reaction event is not applied twice.
+    await send(react("reaction_added", "+1", ts, user="U5"), event_id="EvR1")
+    await send(react("reaction_removed", "+1", ts, user="U5"), event_id="EvR2")
     await send(reaction("reaction_added", "+1", ts, user="U5"), event_id="EvR1", retry=1)
     assert not any(voter == "U5" for _, voter, _, _ in await live_votes(env))
+    # Events delivered out of order (the removal first) still leave what the message shows: nothing.
+    added = react("reaction_added", "+1", ts, user="U7")
+    removed = react("reaction_removed", "+1", ts, user="U7")
+    await send(removed)
+    await send(added)
+    assert not any(voter == "U7" for _, voter, _, _ in await live_votes(env))
 
     # Reactions kbot ignores: not a vote emoji, another person's message, a message without an answer.
     await env.event(reaction("reaction_added", "tada", ts, user="U6"))
     await env.event(reaction("reaction_added", "+1", ts, user="U6", item_user="U1"))
-    await send(reaction("reaction_added", "+1", "1234.5678", user="U6"))
+    await send(react("reaction_added", "+1", "1234.5678", user="U6"))
 
     # Buttons: a 👎 click by U4 replaces their 👍 reaction; U3 votes 👍.
     assert (await env.interact(click(render.VOTE_DOWN, answer_id, ts, user="U4"))).status == 200
@@ -371,6 +407,7 @@ async def test_suggest_a_better_answer_stores_a_correction(env: SlackEnv) -> Non
     better = "Sick leave: up to 10 paid days a year; a doctor's note from the third day [1]."
     saved = await env.interact(submission(better))
     assert saved.status == 200 and await saved.text() == ""  # the modal closes
+    await wait_until(lambda: any("saved" in c.params["text"] for c in env.slack.named("chat.postEphemeral")))
     [correction] = await rows(env, Correction)
     assert (correction.answer_id, correction.author, correction.text) == (answer_id, "U3", better)
     await wait_until(lambda: any("saved" in c.params["text"] for c in env.slack.named("chat.postEphemeral")))
@@ -404,3 +441,41 @@ async def test_socket_mode_answers_and_acks_envelopes(tmp_path: Path, embedder: 
             assert env.slack.named("apps.connections.open")[0].params["_token"] == "Bearer xapp-1-test"
         finally:
             await handler.close_async()
+
+
+# --- failures in the middle of an answer ---
+
+
+async def test_streaming_update_failures_do_not_cost_the_answer(env: SlackEnv) -> None:
+    # The first streaming update is refused even after the client's retries; the final text still goes out.
+    env.slack.failures["chat.update"] = [(429, {"Retry-After": "0"})] * 4
+    await env.event(mention(QUESTION))
+    await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
+    assert env.stats["answered"] == 1 and not env.slack.failures["chat.update"]
+    final = env.final(env.posted()[0]["_ts"])
+    assert final["text"].startswith("Sick leave is 10 days per year") and "Sources" in blocks_text(final)
+
+
+async def test_answer_stays_when_recording_its_messages_fails(env: SlackEnv) -> None:
+    from kbot.errors import StoreError
+
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise StoreError("The SQL store at sqlite:///x failed: disk I/O error")
+
+    env.runtime.service.ledger.record_messages = broken  # type: ignore[method-assign]
+    await env.event(mention(QUESTION))
+    await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
+    assert env.stats["answered"] == 1
+    final = env.final(env.posted()[0]["_ts"])
+    assert final["text"].startswith("Sick leave is 10 days per year")  # not replaced by an apology
+
+
+async def test_shutdown_past_the_drain_deadline_tells_the_asker(tmp_path: Path, embedder: Embedder) -> None:
+    async with slack_env(tmp_path, embedder) as env:
+        env.model.delay_s = 5  # the model is still thinking when the server stops
+        await env.event(mention(QUESTION, ts="1700000000.000055"))
+        await wait_until(lambda: len(env.posted()) == 1)  # the placeholder is up
+        await env.runtime.service.drain(0.1)
+        assert env.stats["answered"] == 0
+        final = env.final(env.posted()[0]["_ts"])
+        assert "restarted before I could finish" in final["text"]

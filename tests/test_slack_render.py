@@ -20,7 +20,7 @@ def test_markdown_becomes_mrkdwn_but_code_is_kept() -> None:
     text = render.to_mrkdwn(
         "# Leave\n**Sick** leave, see [the wiki](https://w.example/x).\n- one\n```\n**raw** <b>\n```"
     )
-    assert text.startswith("*Leave*\n*Sick* leave, see <https://w.example/x|the wiki>.\n• one\n```")
+    assert text.startswith("*Leave*\n*Sick* leave, see the wiki (https://w.example/x).\n• one\n```")
     assert "**raw** &lt;b&gt;" in text
 
 
@@ -84,3 +84,17 @@ def test_vote_reactions_with_skin_tones() -> None:
         -1,
     ]
     assert vote_value("tada") is None and vote_value("heart::skin-tone-2") is None
+
+
+def test_links_from_documents_or_the_model_cannot_inject() -> None:
+    citations = [
+        {"n": 1, "source": "https://wiki.example.com/a><!channel>", "title": "T", "quote": ""},
+        {"n": 2, "source": "handbook/x><!here|x>.md", "title": "X", "quote": ""},
+    ]
+    text = render.citation_text(citations, LINKS) + render.link_markers("See [1] and [2].", citations, LINKS)
+    assert "<!channel>" not in text and "<!here" not in text
+    for link in re.findall(r"<([^>]*)>", text):
+        assert link.count("|") == 1 and link.startswith("https://")  # one well-formed link each
+    # A link the model writes shows its real target; its label cannot hide it.
+    shown = render.to_mrkdwn("Log in at [the HR portal](https://evil.example/login).")
+    assert shown == "Log in at the HR portal (https://evil.example/login)."

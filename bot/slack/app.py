@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, Literal
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -38,8 +38,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.slack import render
 from bot.slack.directory import SlackDirectory
-from bot.slack.reply import SlackReply, call_slack
-from kbot.errors import KbotError
+from bot.slack.reply import SlackReply, UpdateBudget, call_slack
+from kbot.errors import ConfigError, KbotError
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ PLATFORM = "slack"
 VOTE_REACTIONS = {"+1": 1, "thumbsup": 1, "-1": -1, "thumbsdown": -1}
 # Message subtypes that are a person writing; the rest are edits, joins, bots, deletions…
 _PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 _LINK = re.compile(
     r"<(https?://[^|>]+)\|([^>]+)>|<(https?://[^>]+)>|<#C\w+\|([^>]*)>|<!(here|channel|everyone)>"
 )
@@ -72,10 +73,15 @@ def vote_value(reaction: str) -> int | None:
     return VOTE_REACTIONS.get(reaction.split("::", 1)[0])
 
 
+def mentions(text: str) -> set[str]:
+    """User ids mentioned in a message (``<@U123>`` or the older ``<@U123|name>``)."""
+    return set(_MENTION.findall(text))
+
+
 def clean_text(text: str, bot_user_id: str | None) -> str:
     """A Slack message as the question it asks: kbot's mention gone, links and entities readable."""
     if bot_user_id:
-        text = text.replace(f"<@{bot_user_id}>", " ")
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
 
     def readable(m: re.Match[str]) -> str:
         if m.group(1):
@@ -109,12 +115,13 @@ class SlackAdapter:
         self, settings: Settings, service: ChatService, client: AsyncWebClient | None = None
     ) -> None:
         if settings.slack_signing_secret is None or settings.slack_bot_token is None:
-            raise KbotError("Slack needs KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN.")
+            raise ConfigError("Slack needs KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN.")
         self.settings = settings
         self.service = service
         self.client = client or slack_client(settings)
         self.directory = SlackDirectory(self.client, service.access.group_ids(PLATFORM, "S"))
         service.resolvers[PLATFORM] = self.directory.usergroups_of
+        self.budget = UpdateBudget()
         self.app = AsyncApp(
             signing_secret=settings.slack_signing_secret.get_secret_value(),
             client=self.client,
@@ -144,7 +151,7 @@ class SlackAdapter:
         if event.get("subtype") not in _PERSON_SUBTYPES or not event.get("user"):
             return
         is_dm = event.get("channel_type") == "im"
-        if not is_dm and context.bot_user_id and f"<@{context.bot_user_id}>" in event.get("text", ""):
+        if not is_dm and context.bot_user_id in mentions(str(event.get("text", ""))):
             return  # the app_mention event for the same message answers it
         await self._question(event, body, context, addressed=is_dm)
 
@@ -155,16 +162,18 @@ class SlackAdapter:
         thread_ts = event.get("thread_ts")
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         team = event.get("team") or body.get("team_id")
+        text = str(event.get("text", ""))
         message = IncomingMessage(
             platform=PLATFORM,
             key=f"{PLATFORM}:msg:{channel}:{ts}",
             user=user,
             channel=channel,
-            # Memory: per thread in channels; a whole DM is one conversation unless threaded.
-            thread=str(thread_ts or (channel if is_dm else ts)),
-            text=clean_text(str(event.get("text", "")), context.bot_user_id),
+            # Memory: per thread in channels; a whole DM is one conversation, threads in it included.
+            thread=channel if is_dm else str(thread_ts or ts),
+            text=clean_text(text, context.bot_user_id),
             addressed=addressed,
             in_thread=bool(thread_ts and thread_ts != ts),
+            mentions_others=bool(mentions(text) - {context.bot_user_id, user}),
             identities=(str(team),) if team else (),
         )
         reply = SlackReply(
@@ -174,6 +183,7 @@ class SlackAdapter:
             user=user,
             interval=self.settings.slack_update_interval_s,
             links=self.settings.source_links,
+            budget=self.budget,
         )
         self.service.submit(message, reply)
 
@@ -198,12 +208,16 @@ class SlackAdapter:
             return
         if context.bot_user_id and event.get("item_user") not in (None, context.bot_user_id):
             return  # a reaction on someone else's message
+        user, channel, ts = str(event["user"]), str(item["channel"]), str(item["ts"])
+        # Slack may deliver reaction events late or out of order; the message's reactions now are
+        # the truth, and reading them makes the last event handled leave the right vote.
+        kind, value = await self._reaction_vote(channel, ts, user, added=added, value=value)
         feedback = FeedbackEvent(
             platform=PLATFORM,
-            user=str(event["user"]),
-            kind="vote" if added else "unvote",
-            channel=str(item["channel"]),
-            message_id=str(item["ts"]),
+            user=user,
+            kind=kind,
+            channel=channel,
+            message_id=ts,
             value=value,
             origin="reaction",
             key=f"{PLATFORM}:event:{body.get('event_id') or event.get('event_ts')}",
@@ -215,6 +229,29 @@ class SlackAdapter:
             await self._tell(
                 feedback.channel, feedback.user, None, f"Sorry, I could not record your vote: {exc}"
             )
+
+    async def _reaction_vote(
+        self, channel: str, ts: str, user: str, *, added: bool, value: int
+    ) -> tuple[Literal["vote", "unvote"], int]:
+        """The vote ``user``'s reactions on the message amount to now (the event's, if unreadable)."""
+        event_says: tuple[Literal["vote", "unvote"], int] = ("vote" if added else "unvote", value)
+        try:
+            response = await call_slack(
+                "reactions.get", self.client.reactions_get(channel=channel, timestamp=ts, full=True)
+            )
+        except KbotError as exc:
+            log.warning("cannot read reactions (%s); taking the event as it is", exc)
+            return event_says
+        signs: set[int] = set()
+        for r in (response.get("message") or {}).get("reactions") or []:
+            sign = vote_value(str(r.get("name", "")))
+            if sign is not None and user in (r.get("users") or []):
+                signs.add(sign)
+        if len(signs) == 1:
+            return "vote", signs.pop()
+        if not signs:
+            return "unvote", value  # takes back a vote of this sign only
+        return event_says  # both 👍 and 👎: the latest event decides
 
     async def on_vote_button(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -257,6 +294,8 @@ class SlackAdapter:
                 response_action="errors", errors={render.CORRECTION_BLOCK: "Please write the better answer."}
             )
             return
+        # Ack now: Slack gives the modal 3 s, and a busy database must not turn into an error page.
+        await ack()
         meta = json.loads(view.get("private_metadata") or "{}")
         user = str(body["user"]["id"])
         try:
@@ -270,17 +309,14 @@ class SlackAdapter:
                     text=text,
                 )
             )
+            reply = "Thanks! Your suggested answer is saved; kbot learns from it in its next training."
         except KbotError as exc:
-            await ack(response_action="errors", errors={render.CORRECTION_BLOCK: f"Not saved: {exc}"})
-            return
-        await ack()
+            log.error("could not store a correction: %s", exc)
+            reply = f"Sorry, your suggested answer could not be saved: {exc} Please try again."
         if meta.get("channel"):
-            await self._tell(
-                str(meta["channel"]),
-                user,
-                meta.get("thread") or None,
-                "Thanks! Your suggested answer is saved; kbot learns from it in its next training.",
-            )
+            await self._tell(str(meta["channel"]), user, meta.get("thread") or None, reply)
+        else:
+            log.warning("correction by %s had no channel to confirm in", user)
 
     async def _tell(self, channel: str, user: str, thread: str | None, text: str) -> None:
         """A message only ``user`` sees; failing to send it is logged, not raised."""

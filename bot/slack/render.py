@@ -1,7 +1,9 @@
 """Answers as Slack messages: mrkdwn text, numbered citations with links, feedback buttons.
 
 Text from the model and from documents is escaped (``&``, ``<``, ``>``), so neither can ping
-``<!channel>`` or forge a link; only the links built here are live. Long answers are split into
+``<!channel>`` or forge a link. The only live links are the ones built here to cited sources,
+and their URLs are escaped too; a Markdown link the model writes is shown as ``label (url)``, so
+its label cannot disguise where it points. Long answers are split into
 parts of at most :data:`PART_LIMIT` characters (a section block's limit is 3,000) at paragraph,
 line, sentence or word boundaries, never inside a link or a code block.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,17 +50,30 @@ def _prose(text: str) -> str:
     text = _HEADING.sub(r"*\1*", text)
     text = _BULLET.sub(r"\1• ", text)
     text = _BOLD.sub(lambda m: f"*{m.group(1) or m.group(2)}*", text)
-    return _LINK.sub(lambda m: f"<{m.group(2)}|{m.group(1)}>", text)
+    return _LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", text)
 
 
 def source_url(source: str, links: Mapping[str, str]) -> str | None:
-    """A link for a citation's source: URLs as they are, paths through ``Settings.source_links``."""
+    """A link for a citation's source: URLs as they are, paths through ``Settings.source_links``;
+    made safe to put between ``<`` and ``|`` in mrkdwn."""
+    url = None
     if source.startswith(("https://", "http://")):
-        return source
-    for prefix in sorted(links, key=len, reverse=True):
-        if source.startswith(prefix):
-            return links[prefix] + source[len(prefix) :]
-    return None
+        url = source
+    else:
+        for prefix in sorted(links, key=len, reverse=True):
+            if source.startswith(prefix):
+                url = links[prefix] + urllib.parse.quote(source[len(prefix) :])
+                break
+    if url is None:
+        return None
+    # Characters that would end the link or start another mrkdwn entity are percent-encoded.
+    return (
+        url.replace("&", "&amp;")
+        .replace("<", "%3C")
+        .replace(">", "%3E")
+        .replace("|", "%7C")
+        .replace(" ", "%20")
+    )
 
 
 def link_markers(text: str, citations: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:

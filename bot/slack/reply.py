@@ -1,9 +1,10 @@
 """One answer shown in Slack: a placeholder, throttled streaming updates, the final message.
 
-Slack rate-limits ``chat.update`` (about one per second per message is safe), so partial text is
-shown at most every ``interval`` seconds; the final text always goes out. An answer longer than
-one section block continues in further messages in the same thread; the last one carries the
-sources and the feedback buttons.
+Slack rate-limits ``chat.update`` per workspace (Tier 3: about 50 a minute), so partial updates
+are best-effort: at most one per ``interval`` per message, only while the workspace-wide
+:class:`UpdateBudget` has room, and a failed one is logged and skipped, never fatal. The final
+text always goes out (with retries). An answer longer than one section block continues in
+further messages in the same thread; the last one carries the sources and the feedback buttons.
 """
 
 from __future__ import annotations
@@ -26,6 +27,28 @@ log = logging.getLogger(__name__)
 CURSOR = " ▍"
 
 
+class UpdateBudget:
+    """A token bucket shared by every streaming answer of one workspace (``rate`` per second)."""
+
+    def __init__(
+        self, rate: float = 0.75, burst: float = 5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._clock = clock
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class SlackReply:
     def __init__(
         self,
@@ -36,6 +59,7 @@ class SlackReply:
         user: str,
         interval: float,
         links: Mapping[str, str],
+        budget: UpdateBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -45,6 +69,7 @@ class SlackReply:
         self._interval = interval
         self._links = links
         self._clock = clock
+        self._budget = budget or UpdateBudget()
         self._messages: list[str] = []  # ts of the messages showing this answer, in order
         self._shown: list[str] = []  # what each of them shows now
         self._last_update = float("-inf")
@@ -61,13 +86,19 @@ class SlackReply:
 
     async def update(self, text: str) -> None:
         now = self._clock()
-        if now - self._last_update < self._interval:
-            return  # the next update, or finish(), shows it
+        if now - self._last_update < self._interval or not self._budget.take():
+            return  # a later update, or finish(), shows it
         self._last_update = now
         parts = render.split_text(render.to_mrkdwn(text))
-        if parts:
-            parts[-1] += CURSOR
+        if not parts:
+            return
+        parts[-1] += CURSOR
+        try:
             await self._show(parts, last_blocks=[])
+        except ChatError as exc:
+            # Only the final text matters; back off and let finish() show it.
+            self._interval = min(max(self._interval * 2, 2.0), 30.0)
+            log.warning("streaming update skipped (%s); next in %.0f s at the earliest", exc, self._interval)
 
     async def finish(self, result: AnswerResult) -> list[str]:
         body = render.link_markers(render.to_mrkdwn(result.answer), result.citations, self._links)
@@ -86,7 +117,10 @@ class SlackReply:
             await call_slack(
                 "chat.postEphemeral",
                 self._client.chat_postEphemeral(
-                    channel=self._channel, user=self._user, thread_ts=self._thread_ts, text=text
+                    channel=self._channel,
+                    user=self._user,
+                    thread_ts=self._thread_ts,
+                    text=render.escape(text),
                 ),
             )
         elif self._messages:  # replace the placeholder rather than leave it hanging
@@ -94,7 +128,9 @@ class SlackReply:
         else:
             await call_slack(
                 "chat.postMessage",
-                self._client.chat_postMessage(channel=self._channel, thread_ts=self._thread_ts, text=text),
+                self._client.chat_postMessage(
+                    channel=self._channel, thread_ts=self._thread_ts, text=render.escape(text)
+                ),
             )
 
     async def _show(self, parts: list[str], *, last_blocks: list[dict[str, Any]]) -> None:
