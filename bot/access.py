@@ -16,8 +16,9 @@ class Access:
         self._channels = settings.channels
         self._groups = settings.groups
 
-    def policy(self, platform: str, channel: str) -> ChannelPolicy:
-        for key in (f"{platform}:{channel}", f"{platform}:*", "*"):
+    def policy(self, platform: str, channel: str, *broader: str) -> ChannelPolicy:
+        """The policy of ``channel``, else of the first ``broader`` place listed (a Teams team)."""
+        for key in (*(f"{platform}:{place}" for place in (channel, *broader)), f"{platform}:*", "*"):
             if key in self._channels:
                 return self._channels[key]
         return ChannelPolicy()

@@ -60,6 +60,7 @@ class IncomingMessage:
     addressed: bool  # a mention or a direct message: answer whatever the channel policy says
     in_thread: bool = False  # posted as a reply inside an existing thread
     mentions_others: bool = False  # names other people (and not kbot): not addressed to kbot
+    places: tuple[str, ...] = ()  # broader places whose channel policy applies (a Teams team)
     identities: tuple[str, ...] = ()  # more ids of the user for Settings.groups (their team…)
 
 
@@ -151,7 +152,7 @@ class ChatService:
             log.exception("could not tell the asker of %s: %s", message.key, text)
 
     async def handle(self, message: IncomingMessage, reply: Reply) -> Outcome:
-        policy = self.access.policy(message.platform, message.channel)
+        policy = self.access.policy(message.platform, message.channel, *message.places)
         if not policy.enabled or not message.text.strip():
             return "ignored"
         if not message.addressed and not await self._is_follow_up(message, policy.mention_only):

@@ -1,8 +1,8 @@
 """``kbot serve``: one aiohttp server for every chat platform.
 
 Routes: ``GET /healthz``; ``POST /slack/events`` (Events API and interactivity) when Slack is
-configured. Socket Mode replaces the Slack route with an outbound WebSocket for workspaces that
-cannot expose a URL. Teams and the web UI mount here too.
+configured; ``POST /api/messages`` (Teams, Bot Framework). Socket Mode replaces the Slack route
+with an outbound WebSocket for workspaces that cannot expose a URL. The web UI mounts here too.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from botframework.connector.auth import ServiceClientCredentialsFactory
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from agent.answering import Answerer
 from bot.chat import ChatService
 from bot.ledger import ChatLedger
 from bot.slack.app import SlackAdapter
+from bot.teams.app import TeamsAdapter
 from finetune.votes import VoteLog
 from kbot.errors import ConfigError
 from kbot.settings import Settings
@@ -43,15 +45,21 @@ class Runtime:
     settings: Settings
     service: ChatService
     slack: SlackAdapter | None
+    teams: TeamsAdapter
 
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, kb: KnowledgeBase | None = None, answerer: Answerer | None = None
+    settings: Settings,
+    *,
+    kb: KnowledgeBase | None = None,
+    answerer: Answerer | None = None,
+    teams_credentials: ServiceClientCredentialsFactory | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the knowledge base, the model and the platform adapters; close them all on exit.
 
-    ``kb`` and ``answerer`` passed in stay the caller's to close.
+    ``kb`` and ``answerer`` passed in stay the caller's to close. ``teams_credentials`` replaces
+    how the bot gets its own Azure AD token (default: from the app id and password).
     """
     async with AsyncExitStack() as stack:
         if answerer is None:
@@ -71,7 +79,8 @@ async def open_runtime(
         service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db))
         stack.push_async_callback(service.drain, DRAIN_S)
         slack = SlackAdapter(settings, service) if settings.slack_enabled else None
-        yield Runtime(settings, service, slack)
+        teams = TeamsAdapter(settings, service, credentials_factory=teams_credentials)
+        yield Runtime(settings, service, slack, teams)
 
 
 async def _check_channel_collections(settings: Settings, kb: KnowledgeBase) -> None:
@@ -95,12 +104,14 @@ def build_app(runtime: Runtime) -> web.Application:
     if runtime.slack is not None:
         app[SLACK_KEY] = runtime.slack
         app.router.add_post("/slack/events", _slack_events)
+    app.router.add_post("/api/messages", runtime.teams.handle)
     app.cleanup_ctx.append(_housekeeping)
     return app
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app})
+    teams = "authenticated" if request.app[SERVICE_KEY].settings.teams_app_id else "open"
+    return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app, "teams": teams})
 
 
 async def _slack_events(request: web.Request) -> web.StreamResponse:

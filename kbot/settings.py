@@ -146,15 +146,31 @@ class Settings(BaseSettings):
         ge=0,
         description="Least time between two updates of a streaming answer (Slack rate-limits chat.update).",
     )
+    teams_app_id: str | None = Field(
+        default=None,
+        description="Microsoft App ID of the Azure Bot. Set: every Teams request's token is checked. "
+        "Unset: /api/messages runs open, for the Bot Framework Emulator only.",
+    )
+    teams_app_password: SecretStr | None = Field(default=None, description="Client secret of that app.")
+    teams_tenant_id: str | None = Field(
+        default=None, description="Tenant of a single-tenant bot app; unset for a multi-tenant app."
+    )
+    teams_openid_metadata_url: str | None = Field(
+        default=None,
+        description="Where Bot Framework publishes its token signing keys (default: the public cloud's); "
+        "for sovereign clouds.",
+    )
     channels: dict[str, ChannelPolicy] = Field(
         default_factory=dict,
-        description='Per-channel policy, keyed "slack:C0123" (a channel or DM id), "slack:*" (every '
-        'Slack channel without its own entry) or "*" (everywhere). Unlisted: all collections, mention only.',
+        description='Per-channel policy, keyed "slack:C0123" (a channel or DM id), "teams:<conversation, '
+        'channel or team id>", "slack:*" / "teams:*" (every channel of that platform without its own '
+        'entry) or "*" (everywhere). Unlisted: all collections, mention only.',
     )
     groups: dict[str, list[str]] = Field(
         default_factory=dict,
         description='ACL groups of askers, keyed "slack:U0123" (a user), "slack:S0123" (a user group: '
-        'its members) or "slack:*" (every Slack user). Documents ingested with --acl are shown only to '
+        'its members), "slack:T0123" (a workspace), "teams:<AAD object id>", "teams:<tenant id>", '
+        '"slack:*" / "teams:*" (everyone there) or "*". Documents ingested with --acl are shown only to '
         "askers in one of their groups.",
     )
     max_concurrent_answers: int = Field(

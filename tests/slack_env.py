@@ -116,6 +116,7 @@ async def slack_env(
     *,
     model_url: str | None = None,
     answer: str = "Sick leave is 10 days per year [1].",
+    teams_credentials: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[SlackEnv]:
     async with (
@@ -146,7 +147,7 @@ async def slack_env(
             restricted.mkdir(exist_ok=True)
             (restricted / "salary-bands.md").write_text(SALARY_DOC)
             await kb.ingest([str(restricted)], "handbook", acl=["hr"])
-            async with open_runtime(settings, kb=kb) as runtime:
+            async with open_runtime(settings, kb=kb, teams_credentials=teams_credentials) as runtime:
                 client = TestClient(TestServer(build_app(runtime)))
                 await client.start_server()
                 try:

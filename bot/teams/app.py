@@ -1,0 +1,251 @@
+"""The Teams adapter: Bot Framework activities translated for :class:`ChatService`.
+
+``POST /api/messages`` goes through botbuilder's ``CloudAdapter`` with
+``ConfigurationBotFrameworkAuthentication``: with ``KBOT_TEAMS_APP_ID`` set, every request's
+Bearer JWT is validated (issuer, audience = the app id, signing keys from Bot Framework's OpenID
+metadata, channel endorsement) and anything else gets 401; without it the endpoint is open, for
+the Bot Framework Emulator, and the log says so at start. Activities kbot handles:
+
+- ``message`` in a personal chat, or mentioning kbot in a channel or group chat → a question
+  (mention stripped), answered in the same conversation (a channel thread's id carries the
+  thread, so the answer lands there);
+- ``invoke`` ``message/submitAction`` with ``actionName: "feedback"`` (Teams' 👍/👎 buttons,
+  shown because answers set ``feedbackLoopEnabled``) → a vote with its optional text as comment;
+- ``messageReaction`` added/removed on kbot's answers → votes (like, heart: +1; sad, angry: -1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
+from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+from botbuilder.schema import Activity, CallerIdConstants, ChannelAccount, MessageReaction
+from botframework.connector.auth import AuthenticationConstants, ServiceClientCredentialsFactory
+from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
+
+from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.teams.reply import TeamsReply
+from kbot.errors import KbotError
+from kbot.settings import Settings
+
+log = logging.getLogger(__name__)
+PLATFORM = "teams"
+REACTION_VOTES = {"like": 1, "heart": 1, "sad": -1, "angry": -1}
+
+
+class _BotConfig:
+    """The attribute names botbuilder's configuration classes read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.APP_ID = settings.teams_app_id or ""
+        self.APP_PASSWORD = (
+            settings.teams_app_password.get_secret_value() if settings.teams_app_password else ""
+        )
+        self.APP_TYPE = "SingleTenant" if settings.teams_tenant_id else "MultiTenant"
+        self.APP_TENANTID = settings.teams_tenant_id or ""
+        if settings.teams_openid_metadata_url:
+            # Setting any endpoint switches botbuilder to its fully "parameterized" mode, where
+            # every other endpoint must be given too: the public cloud's, but for the keys.
+            self.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL = settings.teams_openid_metadata_url
+            self.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER = AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
+            self.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL = (
+                AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL
+            )
+            self.TO_CHANNEL_FROM_BOT_LOGIN_URL = AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL
+            self.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE = AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE
+            self.OAUTH_URL = AuthenticationConstants.OAUTH_URL
+            self.CALLER_ID = CallerIdConstants.public_azure_channel
+
+
+class _Authentication(ConfigurationBotFrameworkAuthentication):  # type: ignore[misc]
+    """botbuilder's authentication, with every failure to authenticate made a 401.
+
+    For some bad tokens (a key it cannot find, an unverifiable endorsement, malformed claims)
+    botbuilder raises ``AttributeError`` or bare ``Exception`` instead of ``PermissionError``,
+    which CloudAdapter would answer with 500.
+    """
+
+    async def authenticate_request(self, activity: Activity, auth_header: str) -> Any:
+        try:
+            return await super().authenticate_request(activity, auth_header)
+        except PermissionError:
+            raise
+        except Exception as exc:  # see the class docstring; the cause is logged
+            log.info("Teams request refused: %s: %s", type(exc).__name__, exc)
+            raise PermissionError(f"unauthenticated: {exc}") from exc
+
+
+def conversation_channel(conversation_id: str) -> str:
+    """A channel thread's conversation id without the thread part (``19:…@thread.tacv2;messageid=…``)."""
+    return conversation_id.split(";messageid=", 1)[0]
+
+
+class TeamsAdapter:
+    def __init__(
+        self,
+        settings: Settings,
+        service: ChatService,
+        *,
+        credentials_factory: ServiceClientCredentialsFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.app_id = settings.teams_app_id or None
+        auth = _Authentication(_BotConfig(settings), credentials_factory=credentials_factory)
+        self.cloud = CloudAdapter(auth)
+        self.cloud.on_turn_error = self._on_turn_error
+        self.bot = _KbotBot(self)
+        if self.app_id is None:
+            log.warning(
+                "TEAMS IS OPEN: /api/messages accepts requests without authentication because "
+                "KBOT_TEAMS_APP_ID is not set. Use this only with the Bot Framework Emulator."
+            )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+            if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not body["type"]:
+                raise ValueError("an activity is a JSON object with a type")
+            Activity().deserialize(body)
+        except (ValueError, DeserializationError) as exc:
+            raise web.HTTPBadRequest(text=f"malformed activity: {exc}") from exc
+        response = await self.cloud.process(request, self.bot)
+        return response if response is not None else web.Response(status=201)
+
+    def reply_for(self, activity: Activity) -> TeamsReply:
+        return TeamsReply(
+            self.cloud,
+            TurnContext.get_conversation_reference(activity),
+            app_id=self.app_id,
+            links=self.settings.source_links,
+        )
+
+    async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
+        # botbuilder's last resort for an exception inside a turn: the user hears about it.
+        log.error("Teams turn failed: %s", error, exc_info=error)
+        await turn_context.send_activity("Sorry, something went wrong on my side. Please try again later.")
+
+
+class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no type hints
+    def __init__(self, adapter: TeamsAdapter) -> None:
+        self._adapter = adapter
+        self._service = adapter.service
+
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        conversation = activity.conversation
+        personal = (conversation.conversation_type or "personal") == "personal"
+        mentioned = any(
+            (m.additional_properties.get("mentioned") or {}).get("id") == activity.recipient.id
+            for m in TurnContext.get_mentions(activity)
+        )
+        text = TurnContext.remove_recipient_mention(activity) if mentioned else activity.text
+        data = activity.channel_data or {}
+        team = (data.get("team") or {}).get("id")
+        channel = (data.get("channel") or {}).get("id")
+        message = IncomingMessage(
+            platform=PLATFORM,
+            key=f"{PLATFORM}:msg:{conversation.id}:{activity.id}",
+            user=_person(activity.from_property),
+            channel=conversation_channel(conversation.id),
+            thread=conversation.id,  # memory per chat, or per channel thread
+            text=" ".join((text or "").split()),
+            addressed=personal or mentioned,
+            places=tuple(p for p in (channel, team) if p),
+            identities=tuple(t for t in (_tenant(activity),) if t),
+        )
+        self._service.submit(message, self._adapter.reply_for(activity))
+
+    async def on_reactions_added(
+        self, message_reactions: list[MessageReaction], turn_context: TurnContext
+    ) -> None:
+        await self._reactions(message_reactions, turn_context, added=True)
+
+    async def on_reactions_removed(
+        self, message_reactions: list[MessageReaction], turn_context: TurnContext
+    ) -> None:
+        await self._reactions(message_reactions, turn_context, added=False)
+
+    async def _reactions(
+        self, reactions: list[MessageReaction], turn_context: TurnContext, *, added: bool
+    ) -> None:
+        activity = turn_context.activity
+        for reaction in reactions:
+            value = REACTION_VOTES.get(str(reaction.type))
+            if value is None or not activity.reply_to_id:
+                continue
+            feedback = FeedbackEvent(
+                platform=PLATFORM,
+                user=_person(activity.from_property),
+                kind="vote" if added else "unvote",
+                channel=conversation_channel(activity.conversation.id),
+                message_id=activity.reply_to_id,
+                value=value,
+                origin="reaction",
+                key=f"{PLATFORM}:event:{activity.id}:{reaction.type}",
+            )
+            try:
+                await self._service.feedback(feedback)
+            except KbotError as exc:
+                log.error("could not record a Teams reaction: %s", exc)
+                await turn_context.send_activity(f"Sorry, I could not record your reaction: {exc}")
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        activity = turn_context.activity
+        if activity.name != "message/submitAction":
+            return await super().on_invoke_activity(turn_context)  # type: ignore[no-any-return]
+        value: Any = activity.value or {}
+        action = value.get("actionValue") or {} if isinstance(value, dict) else {}
+        reaction = action.get("reaction") if isinstance(action, dict) else None
+        if (
+            value.get("actionName") != "feedback"
+            or reaction not in ("like", "dislike")
+            or not activity.reply_to_id
+        ):
+            return InvokeResponse(status=400)
+        try:
+            answer_id = await self._service.feedback(
+                FeedbackEvent(
+                    platform=PLATFORM,
+                    user=_person(activity.from_property),
+                    kind="vote",
+                    channel=conversation_channel(activity.conversation.id),
+                    message_id=activity.reply_to_id,
+                    value=1 if reaction == "like" else -1,
+                    origin="feedback",
+                    text=_feedback_text(action.get("feedback")),
+                )
+            )
+        except KbotError as exc:
+            log.error("could not record Teams feedback: %s", exc)
+            return InvokeResponse(status=500)
+        if answer_id is None:
+            return InvokeResponse(status=404)
+        return InvokeResponse(status=200)
+
+
+def _person(account: ChannelAccount) -> str:
+    """A stable id: the AAD object id when Teams gives one (it does for people), else the channel id."""
+    return str(account.aad_object_id or account.id)
+
+
+def _tenant(activity: Activity) -> str | None:
+    data = activity.channel_data or {}
+    tenant = (data.get("tenant") or {}).get("id") or activity.conversation.tenant_id
+    return str(tenant) if tenant else None
+
+
+def _feedback_text(raw: Any) -> str:
+    """Teams sends the feedback form as a JSON string ``{"feedbackText": "..."}``."""
+    if not raw:
+        return ""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return str(raw)
+    return str(raw.get("feedbackText", "")) if isinstance(raw, dict) else str(raw)

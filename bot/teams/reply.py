@@ -1,0 +1,88 @@
+"""One answer shown in Teams: a typing indicator while working, then one message.
+
+The answer is sent after the incoming request has been answered (Teams wants a response within
+seconds), as a proactive message through ``continue_conversation`` with the conversation
+reference of the question. Teams has no cheap message editing for streaming, so partial text is
+not shown; the typing indicator is renewed every few seconds instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+import aiohttp
+from botbuilder.core import TurnContext
+from botbuilder.integration.aiohttp import CloudAdapter
+from botbuilder.schema import Activity, ActivityTypes, ConversationReference
+from msrest.exceptions import ClientRequestError, HttpOperationError
+
+from agent.answering import AnswerResult
+from bot.teams.render import answer_activity
+from kbot.errors import ChatError
+
+log = logging.getLogger(__name__)
+TYPING_EVERY_S = 3.0
+
+
+class TeamsReply:
+    def __init__(
+        self,
+        adapter: CloudAdapter,
+        reference: ConversationReference,
+        *,
+        app_id: str | None,
+        links: Mapping[str, str],
+    ) -> None:
+        self._adapter = adapter
+        self._reference = reference
+        self._app_id = app_id
+        self._links = links
+        self._typing: asyncio.Task[None] | None = None
+
+    async def working(self) -> None:
+        await self.send(Activity(type=ActivityTypes.typing))
+        self._typing = asyncio.create_task(self._keep_typing(), name="teams typing")
+
+    async def update(self, text: str) -> None:
+        """Not shown: the typing indicator stands for progress."""
+
+    async def finish(self, result: AnswerResult) -> list[str]:
+        await self._stop_typing()
+        return [await self.send(answer_activity(result, self._links))]
+
+    async def notice(self, text: str, *, private: bool = False) -> None:
+        # Teams has no message only one person in a chat sees; the notice is short and polite.
+        await self._stop_typing()
+        await self.send(Activity(type=ActivityTypes.message, text=text))
+
+    async def send(self, activity: Activity) -> str:
+        """Send one activity into the question's conversation; the id Teams gave it."""
+        sent: list[str] = []
+
+        async def logic(turn_context: TurnContext) -> None:
+            response = await turn_context.send_activity(activity)
+            sent.append(response.id if response and response.id else "")
+
+        try:
+            await self._adapter.continue_conversation(self._reference, logic, self._app_id)
+        except (HttpOperationError, ClientRequestError, aiohttp.ClientError, OSError) as exc:
+            raise ChatError(f"Teams did not accept the reply: {exc}") from exc
+        return sent[0] if sent else ""
+
+    async def _keep_typing(self) -> None:
+        while True:
+            await asyncio.sleep(TYPING_EVERY_S)
+            try:
+                await self.send(Activity(type=ActivityTypes.typing))
+            except ChatError as exc:
+                log.debug("typing indicator not sent: %s", exc)
+
+    async def _stop_typing(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._typing
+            self._typing = None

@@ -1,0 +1,194 @@
+"""A local stand-in for Microsoft Teams / Bot Framework: a connector that records what the bot
+sends, OpenID metadata with a locally generated signing key, and tokens signed with it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+from aiohttp import web
+from botframework.connector.auth import (
+    Authentication,
+    MicrosoftAppCredentials,
+    PasswordServiceClientCredentialFactory,
+)
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+APP_ID = "00000000-0000-0000-0000-00000000a11d"
+APP_PASSWORD = "test-password"
+BOT_ID = f"28:{APP_ID}"
+TENANT = "72f988bf-0000-0000-0000-0000000000aa"
+OUTGOING_TOKEN = "token-the-bot-got-from-aad"
+ISSUER = "https://api.botframework.com"
+
+
+@dataclass
+class Sent:
+    path: str
+    activity: dict[str, Any]
+    authorization: str
+
+
+@dataclass
+class FakeConnector:
+    """Bot Framework's connector service (the activity's serviceUrl): records every activity sent."""
+
+    sent: list[Sent] = field(default_factory=list)
+    url: str = ""
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    async def activities(self, request: web.Request) -> web.Response:
+        self.sent.append(Sent(request.path, await request.json(), request.headers.get("Authorization", "")))
+        return web.json_response({"id": f"1700000{next(self._ids):06d}"})
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [s.activity for s in self.sent if s.activity.get("type") == "message"]
+
+
+@asynccontextmanager
+async def fake_connector() -> AsyncIterator[FakeConnector]:
+    fake = FakeConnector()
+    app = web.Application()
+    app.router.add_post("/v3/conversations/{conversation}/activities", fake.activities)
+    app.router.add_post("/v3/conversations/{conversation}/activities/{activity}", fake.activities)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class SigningKeys:
+    """An RSA key published as Bot Framework publishes its keys (with channel endorsements)."""
+
+    key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    kid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    metadata_url: str = ""
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        return {"keys": [{**jwk, "kid": self.kid, "use": "sig", "endorsements": ["msteams", "emulator"]}]}
+
+    def token(self, service_url: str, *, audience: str = APP_ID, lifetime_s: int = 3600) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "aud": audience,
+            "serviceurl": service_url,
+            "nbf": now - 60,
+            "exp": now + lifetime_s,
+        }
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
+
+
+@contextmanager
+def openid_server(keys: SigningKeys) -> Iterator[SigningKeys]:
+    """Serves the OpenID metadata from its own thread: botbuilder fetches it with blocking requests."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if self.path == "/.well-known/openidconfiguration":
+                body = {
+                    "issuer": ISSUER,
+                    "jwks_uri": f"{base}/keys",
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                }
+            elif self.path == "/keys":
+                body = keys.jwks()
+            else:
+                self.send_error(404)
+                return
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    keys.metadata_url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/openidconfiguration"
+    try:
+        yield keys
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _LocalCredentials(MicrosoftAppCredentials):  # type: ignore[misc]
+    def get_access_token(self, force_refresh: bool = False) -> str:
+        return OUTGOING_TOKEN
+
+
+class LocalCredentialFactory(PasswordServiceClientCredentialFactory):  # type: ignore[misc]
+    """The real factory, except that the bot's own token comes from here instead of Azure AD."""
+
+    async def create_credentials(
+        self, app_id: str, oauth_scope: str, login_endpoint: str, validate_authority: bool
+    ) -> Authentication:
+        assert app_id == self.app_id
+        return _LocalCredentials(self.app_id, self.password)
+
+
+def activity(service_url: str, **fields: Any) -> dict[str, Any]:
+    """An activity shaped as Teams sends it; a personal chat message unless ``fields`` say otherwise."""
+    base: dict[str, Any] = {
+        "type": "message",
+        "id": f"1699999{uuid.uuid4().int % 10**6:06d}",
+        "timestamp": "2026-11-22T08:00:00.000Z",
+        "localTimestamp": "2026-11-22T16:00:00.000+08:00",
+        "serviceUrl": service_url,
+        "channelId": "msteams",
+        "from": {"id": "29:1alice", "name": "Alice", "aadObjectId": "aad-alice"},
+        "conversation": {"conversationType": "personal", "tenantId": TENANT, "id": "a:1alice-personal"},
+        "recipient": {"id": BOT_ID, "name": "kbot"},
+        "textFormat": "plain",
+        "locale": "zh-TW",
+        "entities": [{"type": "clientInfo", "locale": "zh-TW", "country": "TW", "platform": "Web"}],
+        "channelData": {"tenant": {"id": TENANT}},
+    }
+    return {**base, **fields}
+
+
+def channel_mention(service_url: str, text: str, *, root: str = "1700000000100") -> dict[str, Any]:
+    channel = "19:hr-help@thread.tacv2"
+    return activity(
+        service_url,
+        text=f"<at>kbot</at> {text}",
+        conversation={
+            "isGroup": True,
+            "conversationType": "channel",
+            "tenantId": TENANT,
+            "id": f"{channel};messageid={root}",
+        },
+        entities=[{"type": "mention", "text": "<at>kbot</at>", "mentioned": {"id": BOT_ID, "name": "kbot"}}],
+        channelData={
+            "teamsChannelId": channel,
+            "teamsTeamId": "19:team-hr@thread.tacv2",
+            "channel": {"id": channel},
+            "team": {"id": "19:team-hr@thread.tacv2"},
+            "tenant": {"id": TENANT},
+        },
+    )

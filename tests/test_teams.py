@@ -1,0 +1,258 @@
+"""Teams end to end: real Activity JSON posted to /api/messages, botbuilder's CloudAdapter checking
+real JWTs (signed with a local key published through local OpenID metadata), replies recorded by
+a fake Bot Framework connector at the activity's serviceUrl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from kbot.db.models import Answer, AnswerMessage, Vote
+from knowledge.embeddings import Embedder
+from tests.fake_slack import wait_until
+from tests.fake_teams import (
+    APP_ID,
+    APP_PASSWORD,
+    OUTGOING_TOKEN,
+    FakeConnector,
+    LocalCredentialFactory,
+    SigningKeys,
+    activity,
+    channel_mention,
+    fake_connector,
+    openid_server,
+)
+from tests.slack_env import SlackEnv, slack_env
+
+QUESTION = "How many days of sick leave do I get?"
+
+
+@dataclass
+class TeamsEnv:
+    env: SlackEnv
+    connector: FakeConnector
+    keys: SigningKeys
+
+    @property
+    def stats(self) -> Any:
+        return self.env.runtime.service.stats
+
+    async def post(self, body: dict[str, Any] | str, *, token: str | None = "valid") -> Any:
+        headers = {"Content-Type": "application/json"}
+        if token == "valid":
+            headers["Authorization"] = f"Bearer {self.keys.token(self.connector.url)}"
+        elif token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = body if isinstance(body, str) else json.dumps(body)
+        return await self.env.client.post("/api/messages", data=data, headers=headers)
+
+    def activity(self, **fields: Any) -> dict[str, Any]:
+        return activity(self.connector.url, **fields)
+
+    async def rows(self, model: type) -> list[Any]:
+        async with self.env.runtime.service.ledger._db.session() as s:
+            return list((await s.scalars(select(model))).all())
+
+
+@asynccontextmanager
+async def teams_env(tmp_path: Path, embedder: Embedder, **overrides: Any) -> AsyncIterator[TeamsEnv]:
+    """kbot serve with Teams credentials configured, checking tokens against local keys."""
+    keys = SigningKeys()
+    with openid_server(keys):
+        async with (
+            fake_connector() as connector,
+            slack_env(
+                tmp_path,
+                embedder,
+                teams_app_id=APP_ID,
+                teams_app_password=APP_PASSWORD,
+                teams_openid_metadata_url=keys.metadata_url,
+                teams_credentials=LocalCredentialFactory(APP_ID, APP_PASSWORD),
+                **overrides,
+            ) as env,
+        ):
+            yield TeamsEnv(env, connector, keys)
+
+
+@pytest.fixture
+async def teams(tmp_path: Path, embedder: Embedder) -> AsyncIterator[TeamsEnv]:
+    async with teams_env(tmp_path, embedder) as env:
+        yield env
+
+
+async def test_requests_without_a_valid_token_are_rejected(teams: TeamsEnv) -> None:
+    message = teams.activity(text=QUESTION)
+    assert (await teams.post(message, token=None)).status == 401
+    assert (await teams.post(message, token="not-a-jwt")).status == 401
+    forged = SigningKeys(kid=teams.keys.kid)  # same key id, another private key
+    assert (await teams.post(message, token=forged.token(teams.connector.url))).status == 401
+    wrong_audience = teams.keys.token(teams.connector.url, audience="someone-elses-bot")
+    assert (await teams.post(message, token=wrong_audience)).status == 401
+    expired = teams.keys.token(teams.connector.url, lifetime_s=-3600)
+    assert (await teams.post(message, token=expired)).status == 401
+    other_service = teams.keys.token("https://smba.example.net/evil/")
+    assert (await teams.post(message, token=other_service)).status == 401
+    await asyncio.sleep(0.3)
+    assert teams.connector.sent == [] and not teams.stats
+    assert await teams.rows(Answer) == []
+
+
+async def test_direct_message_is_answered_with_citations_and_the_feedback_loop(teams: TeamsEnv) -> None:
+    response = await teams.post(teams.activity(text=QUESTION))
+    assert response.status in (200, 201)
+    await wait_until(lambda: teams.stats["answered"] == 1)
+    typing = [s for s in teams.connector.sent if s.activity["type"] == "typing"]
+    assert typing, "a typing indicator while working"
+    [answer] = teams.connector.messages()
+    assert answer["text"].startswith("Sick leave is 10 days per year [1]")
+    assert answer["channelData"] == {"feedbackLoopEnabled": True}
+    [entity] = answer["entities"]
+    assert entity["additionalType"] == ["AIGeneratedContent"]
+    [claim] = entity["citation"]
+    assert claim["position"] == 1 and claim["appearance"]["name"] == "Leave policy"
+    assert claim["appearance"]["url"].endswith("leave-policy.md")
+    assert "10 days of paid sick leave" in claim["appearance"]["abstract"]
+    assert all(s.authorization == f"Bearer {OUTGOING_TOKEN}" for s in teams.connector.sent)
+    assert all("/v3/conversations/a:1alice-personal/activities" in s.path for s in teams.connector.sent)
+    [row] = await teams.rows(Answer)
+    assert (row.platform, row.asker, row.thread) == ("teams", "aad-alice", "a:1alice-personal")
+
+
+async def test_channel_mention_is_answered_in_its_thread(teams: TeamsEnv) -> None:
+    mention = channel_mention(teams.connector.url, QUESTION, root="1700000000100")
+    assert (await teams.post(mention)).status in (200, 201)
+    await wait_until(lambda: teams.stats["answered"] == 1)
+    [answer] = teams.connector.messages()
+    assert answer["conversation"]["id"] == "19:hr-help@thread.tacv2;messageid=1700000000100"
+    [row] = await teams.rows(Answer)
+    assert row.question == QUESTION  # "<at>kbot</at>" stripped
+    assert row.channel == "19:hr-help@thread.tacv2"
+    # Without a mention, channel chatter is not a question.
+    chatter = channel_mention(teams.connector.url, "thanks all", root="1700000000100")
+    chatter["text"], chatter["entities"] = "thanks all", []
+    await teams.post(chatter)
+    await wait_until(lambda: teams.stats["ignored"] == 1)
+    assert teams.stats["answered"] == 1
+
+
+async def _answered(teams: TeamsEnv) -> tuple[str, str]:
+    done = teams.stats["answered"] + 1
+    await teams.post(teams.activity(text=QUESTION))
+    await wait_until(lambda: teams.stats["answered"] == done)
+    answer_id = (await teams.rows(Answer))[-1].id
+    message_id = next(m.message_id for m in await teams.rows(AnswerMessage) if m.answer_id == answer_id)
+    return answer_id, message_id
+
+
+def _feedback(teams: TeamsEnv, reply_to: str, reaction: str, text: str | None, user: str) -> dict[str, Any]:
+    action: dict[str, Any] = {"reaction": reaction}
+    if text is not None:
+        action["feedback"] = json.dumps({"feedbackText": text})
+    return teams.activity(
+        type="invoke",
+        name="message/submitAction",
+        replyToId=reply_to,
+        value={"actionName": "feedback", "actionValue": action},
+        **{"from": {"id": f"29:{user}", "name": user, "aadObjectId": user}},
+    )
+
+
+async def test_feedback_buttons_and_reactions_land_in_the_vote_log(teams: TeamsEnv) -> None:
+    answer_id, message_id = await _answered(teams)
+
+    liked = await teams.post(_feedback(teams, message_id, "like", None, "aad-bob"))
+    assert liked.status == 200
+    disliked = await teams.post(
+        _feedback(teams, message_id, "dislike", "The policy changed in 2026.", "aad-carol")
+    )
+    assert disliked.status == 200
+    votes = {(v.voter, v.value, v.origin, v.comment) for v in await teams.rows(Vote)}
+    assert votes == {
+        ("aad-bob", 1, "feedback", ""),
+        ("aad-carol", -1, "feedback", "The policy changed in 2026."),
+    }
+
+    def reaction(kind: str, name: str, user: str) -> dict[str, Any]:
+        return teams.activity(
+            type="messageReaction",
+            replyToId=message_id,
+            **{kind: [{"type": name}], "from": {"id": f"29:{user}", "name": user, "aadObjectId": user}},
+        )
+
+    for body in (
+        reaction("reactionsAdded", "like", "aad-dave"),
+        reaction("reactionsAdded", "angry", "aad-bob"),  # Bob changes his mind: replaces his 👍
+        reaction("reactionsAdded", "laugh", "aad-erin"),  # not a vote
+        reaction("reactionsAdded", "heart", "aad-erin"),
+        reaction("reactionsRemoved", "heart", "aad-erin"),  # removing deletes
+    ):
+        assert (await teams.post(body)).status in (200, 201)
+    await wait_until(lambda: teams.stats["feedback_recorded"] == 6)
+    votes = {(v.answer_id, v.voter, v.value) for v in await teams.rows(Vote)}
+    assert votes == {(answer_id, "aad-bob", -1), (answer_id, "aad-carol", -1), (answer_id, "aad-dave", 1)}
+
+
+async def test_feedback_on_something_that_is_not_an_answer(teams: TeamsEnv) -> None:
+    unknown = await teams.post(_feedback(teams, "1234", "like", None, "aad-bob"))
+    assert unknown.status == 404
+    malformed = teams.activity(type="invoke", name="message/submitAction", replyToId="1234", value={"x": 1})
+    assert (await teams.post(malformed)).status == 400
+    assert await teams.rows(Vote) == []
+
+
+async def test_malformed_activities_are_400_and_store_nothing(teams: TeamsEnv) -> None:
+    for body in ("{not json", "[1, 2]", json.dumps({"text": "no type"}), json.dumps({"type": ""})):
+        response = await teams.post(body)
+        assert response.status == 400, body
+    assert await teams.rows(Answer) == [] and teams.connector.sent == []
+
+
+async def test_model_failure_becomes_a_message_in_the_chat(tmp_path: Path, embedder: Embedder) -> None:
+    async with teams_env(tmp_path, embedder, model_url="http://127.0.0.1:9/v1") as teams:
+        await teams.post(teams.activity(text=QUESTION))
+        await wait_until(lambda: teams.stats["answered"] + teams.stats["failed"] == 1)
+        [message] = teams.connector.messages()
+        assert message["text"].startswith("Sorry, I could not answer this right now")
+        assert not message.get("channelData")  # no feedback buttons on an error
+
+
+async def test_acl_groups_and_team_policies_from_configuration(tmp_path: Path, embedder: Embedder) -> None:
+    """salary-bands.md is for group hr: Alice (by AAD id) is in it, Bob is not; the HR team is off."""
+    overrides = {
+        "groups": {"teams:aad-alice": ["hr"]},
+        "channels": {"teams:19:team-hr@thread.tacv2": {"enabled": False}},
+    }
+    async with teams_env(tmp_path, embedder, **overrides) as teams:
+        question = "How much do engineers at level 2 earn per year?"
+        await teams.post(teams.activity(text=question))
+        bob = {"id": "29:1bob", "name": "Bob", "aadObjectId": "aad-bob"}
+        await teams.post(
+            teams.activity(
+                text=question, conversation={"conversationType": "personal", "id": "a:1bob"}, **{"from": bob}
+            )
+        )
+        await teams.post(channel_mention(teams.connector.url, question))  # in the switched-off team
+        await wait_until(lambda: teams.stats["answered"] == 2 and teams.stats["ignored"] == 1)
+        by_asker = {a.asker: a for a in await teams.rows(Answer)}
+        assert set(by_asker) == {"aad-alice", "aad-bob"}
+        assert any(r["source"].endswith("salary-bands.md") for r in by_asker["aad-alice"].retrieved)
+        assert not any(r["source"].endswith("salary-bands.md") for r in by_asker["aad-bob"].retrieved)
+
+
+async def test_open_mode_without_an_app_id_answers_the_emulator(tmp_path: Path, embedder: Embedder) -> None:
+    async with fake_connector() as connector, slack_env(tmp_path, embedder) as env:
+        teams = TeamsEnv(env, connector, SigningKeys())
+        health = await (await env.client.get("/healthz")).json()
+        assert health["teams"] == "open"
+        response = await teams.post(teams.activity(text=QUESTION, channelId="emulator"), token=None)
+        assert response.status in (200, 201)
+        await wait_until(lambda: teams.stats["answered"] == 1)
+        assert connector.messages()[0]["text"].startswith("Sick leave is 10 days")
