@@ -151,12 +151,14 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
         [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert await _wait_healthy(f"http://127.0.0.1:{port}", off) == {"status": "ok", "slack": False}
+        health = await _wait_healthy(f"http://127.0.0.1:{port}", off)
+        assert health == {"status": "ok", "slack": False, "teams": "open"}
     finally:
         off.send_signal(signal.SIGTERM)
         _, stderr = off.communicate(timeout=60)
     assert off.returncode == 0
     assert "Slack is off: set KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN" in stderr
+    assert "TEAMS IS OPEN" in stderr  # said loudly when no app id is configured
 
     async with fake_slack_server() as slack:
         env |= {

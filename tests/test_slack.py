@@ -81,7 +81,7 @@ async def test_malformed_signed_payload_is_a_4xx(env: SlackEnv) -> None:
 async def test_health_check(env: SlackEnv) -> None:
     response = await env.client.get("/healthz")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "slack": True}
+    assert await response.json() == {"status": "ok", "slack": True, "teams": "open"}
 
 
 # --- questions ---
