@@ -43,6 +43,12 @@ PUBLIC_REASONS: tuple[tuple[type[KbotError], str], ...] = (
     (AgentError, "the language model is not available right now."),
 )
 
+
+def public_reason(exc: KbotError) -> str:
+    """What a chat user may read about a failure (hosts and causes stay in the log)."""
+    return next((text for kind, text in PUBLIC_REASONS if isinstance(exc, kind)), str(exc))
+
+
 Resolver = Callable[[str], Awaitable[tuple[str, ...]]]
 Outcome = Literal["answered", "ignored", "duplicate", "rate_limited", "failed"]
 
@@ -138,7 +144,7 @@ class ChatService:
             raise
         except KbotError as exc:
             log.error("answering %s failed: %s", message.key, exc)
-            reason = next((text for kind, text in PUBLIC_REASONS if isinstance(exc, kind)), str(exc))
+            reason = public_reason(exc)
         except Exception:  # last resort of a background task; logged with its traceback
             log.exception("answering %s failed", message.key)
             reason = "an unexpected error (it is in kbot's log)."
@@ -248,7 +254,9 @@ class ChatService:
                 comment=event.text,
             )
         elif event.kind == "unvote":
-            await self.votes.unvote(answer_id=answer_id, voter=event.user, value=event.value or None)
+            await self.votes.unvote(
+                answer_id=answer_id, voter=event.user, value=event.value or None, origin=event.origin
+            )
         else:
             await self.votes.correct(
                 answer_id=answer_id, platform=event.platform, author=event.user, text=event.text

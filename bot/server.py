@@ -34,8 +34,10 @@ from knowledge.base import KnowledgeBase
 log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 3600.0
 DRAIN_S = 30.0
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SLACK_KEY = web.AppKey("slack", SlackAdapter)
 SERVICE_KEY = web.AppKey("service", ChatService)
+TEAMS_KEY = web.AppKey("teams", TeamsAdapter)
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Runtime:
     settings: Settings
     service: ChatService
     slack: SlackAdapter | None
-    teams: TeamsAdapter
+    teams: TeamsAdapter | None
 
 
 @asynccontextmanager
@@ -55,11 +57,14 @@ async def open_runtime(
     kb: KnowledgeBase | None = None,
     answerer: Answerer | None = None,
     teams_credentials: ServiceClientCredentialsFactory | None = None,
+    allow_open_teams: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Open the knowledge base, the model and the platform adapters; close them all on exit.
 
     ``kb`` and ``answerer`` passed in stay the caller's to close. ``teams_credentials`` replaces
-    how the bot gets its own Azure AD token (default: from the app id and password).
+    how the bot gets its own Azure AD token (default: from the app id and password). Without a
+    Teams app id, ``/api/messages`` is mounted (unauthenticated, for the Emulator) only when
+    ``allow_open_teams``: ``kbot serve`` allows it on a loopback address only.
     """
     async with AsyncExitStack() as stack:
         if answerer is None:
@@ -79,7 +84,9 @@ async def open_runtime(
         service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db))
         stack.push_async_callback(service.drain, DRAIN_S)
         slack = SlackAdapter(settings, service) if settings.slack_enabled else None
-        teams = TeamsAdapter(settings, service, credentials_factory=teams_credentials)
+        teams = None
+        if settings.teams_app_id or allow_open_teams:
+            teams = TeamsAdapter(settings, service, credentials_factory=teams_credentials)
         yield Runtime(settings, service, slack, teams)
 
 
@@ -104,13 +111,17 @@ def build_app(runtime: Runtime) -> web.Application:
     if runtime.slack is not None:
         app[SLACK_KEY] = runtime.slack
         app.router.add_post("/slack/events", _slack_events)
-    app.router.add_post("/api/messages", runtime.teams.handle)
+    if runtime.teams is not None:
+        app[TEAMS_KEY] = runtime.teams
+        app.router.add_post("/api/messages", runtime.teams.handle)
     app.cleanup_ctx.append(_housekeeping)
     return app
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    teams = "authenticated" if request.app[SERVICE_KEY].settings.teams_app_id else "open"
+    teams = "off"
+    if TEAMS_KEY in request.app:
+        teams = "authenticated" if request.app[TEAMS_KEY].app_id else "open"
     return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app, "teams": teams})
 
 
@@ -149,7 +160,7 @@ async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, allow_open_teams=host in LOOPBACK) as runtime:
         # Slack sends many events: per-request access lines only at -vv.
         access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
         runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=access_log)
@@ -158,6 +169,11 @@ async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool =
         await site.start()
         log.info("kbot listening on http://%s:%d (GET /healthz)", host, port)
         socket_handler: Any = None
+        if runtime.teams is None:
+            log.warning(
+                "Teams is off: set KBOT_TEAMS_APP_ID and KBOT_TEAMS_APP_PASSWORD (unauthenticated "
+                "Emulator mode is only offered on a loopback address)."
+            )
         if runtime.slack is None:
             log.warning("Slack is off: set KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN to turn it on.")
         elif socket_mode:

@@ -3,8 +3,8 @@
 Every chat platform records feedback here, linked to the ``answers`` row it is about. The rules:
 
 - A person has one live vote per answer (``votes`` is unique on ``answer_id, voter``): voting
-  again replaces the value; removing a vote deletes it, but only if it is still the value being
-  removed (a 👍 reaction taken back after a 👎 click must not erase the 👎).
+  again replaces the value; taking a reaction back deletes the vote only if it is still that
+  reaction's value and came from a reaction (a 👍 reaction taken back must not erase a click).
 - A comment rides along with a vote (Teams' feedback dialog). A new vote without a comment keeps
   the old comment when the value is unchanged and drops it when the value flips.
 - A correction (a better answer written by a person) is one per person per answer; editing it
@@ -78,7 +78,8 @@ class VoteLog:
             index_elements=["answer_id", "voter"],
             set_={
                 "value": new.value,
-                "origin": new.origin,
+                # The same value again (a 👍 reaction after a 👍 click) keeps where the vote came from.
+                "origin": case((Vote.value == new.value, Vote.origin), else_=new.origin),
                 "updated_at": new.updated_at,
                 "comment": case(
                     (new.comment != "", new.comment), (Vote.value == new.value, Vote.comment), else_=""
@@ -89,11 +90,16 @@ class VoteLog:
             await _require_answer(s, answer_id)
             await s.execute(stmt)
 
-    async def unvote(self, *, answer_id: str, voter: str, value: int | None = None) -> bool:
-        """Delete ``voter``'s vote on an answer (only if it is ``value``, when given). True if one went."""
+    async def unvote(
+        self, *, answer_id: str, voter: str, value: int | None = None, origin: str | None = None
+    ) -> bool:
+        """Delete ``voter``'s vote on an answer — only if it is ``value`` and came from ``origin``,
+        when given (taking back a reaction must not erase a button click). True if one went."""
         stmt = delete(Vote).where(Vote.answer_id == answer_id, Vote.voter == voter)
         if value is not None:
             stmt = stmt.where(Vote.value == value)
+        if origin is not None:
+            stmt = stmt.where(Vote.origin == origin)
         async with self._db.session() as s:
             result = await s.execute(stmt)
         return bool(getattr(result, "rowcount", 0))

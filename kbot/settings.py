@@ -155,11 +155,6 @@ class Settings(BaseSettings):
     teams_tenant_id: str | None = Field(
         default=None, description="Tenant of a single-tenant bot app; unset for a multi-tenant app."
     )
-    teams_openid_metadata_url: str | None = Field(
-        default=None,
-        description="Where Bot Framework publishes its token signing keys (default: the public cloud's); "
-        "for sovereign clouds.",
-    )
     channels: dict[str, ChannelPolicy] = Field(
         default_factory=dict,
         description='Per-channel policy, keyed "slack:C0123" (a channel or DM id), "teams:<conversation, '
@@ -227,6 +222,10 @@ class Settings(BaseSettings):
             raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
         if self.model_backend == "openai" and not self.model_url:
             raise ValueError("model_backend openai needs model_url (e.g. http://vllm:8000/v1)")
+        if bool(self.teams_app_id) != bool(self.teams_app_password):
+            raise ValueError("teams_app_id and teams_app_password go together: set both, or neither")
+        if self.teams_tenant_id and not self.teams_app_id:
+            raise ValueError("teams_tenant_id needs teams_app_id and teams_app_password")
 
     @property
     def slack_enabled(self) -> bool:

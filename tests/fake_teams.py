@@ -44,11 +44,16 @@ class FakeConnector:
     """Bot Framework's connector service (the activity's serviceUrl): records every activity sent."""
 
     sent: list[Sent] = field(default_factory=list)
+    fail_typing: int = 0  # answer this many typing activities with 503
     url: str = ""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def activities(self, request: web.Request) -> web.Response:
-        self.sent.append(Sent(request.path, await request.json(), request.headers.get("Authorization", "")))
+        body = await request.json()
+        if body.get("type") == "typing" and self.fail_typing:
+            self.fail_typing -= 1
+            return web.json_response({"error": {"code": "ServiceError", "message": "try later"}}, status=503)
+        self.sent.append(Sent(request.path, body, request.headers.get("Authorization", "")))
         return web.json_response({"id": f"1700000{next(self._ids):06d}"})
 
     def messages(self) -> list[dict[str, Any]]:

@@ -81,7 +81,7 @@ async def test_malformed_signed_payload_is_a_4xx(env: SlackEnv) -> None:
 async def test_health_check(env: SlackEnv) -> None:
     response = await env.client.get("/healthz")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "slack": True, "teams": "open"}
+    assert await response.json() == {"status": "ok", "slack": True, "teams": "off"}
 
 
 # --- questions ---
@@ -418,8 +418,13 @@ async def test_suggest_a_better_answer_stores_a_correction(env: SlackEnv) -> Non
 
 async def test_server_starts_without_slack_settings(tmp_path: Path, embedder: Embedder) -> None:
     async with slack_env(tmp_path, embedder, slack_signing_secret=None, slack_bot_token=None) as env:
-        assert (await (await env.client.get("/healthz")).json())["slack"] is False
+        assert await (await env.client.get("/healthz")).json() == {
+            "status": "ok",
+            "slack": False,
+            "teams": "off",
+        }
         assert (await env.event(mention(QUESTION))).status == 404
+        assert (await env.client.post("/api/messages", json={"type": "message"})).status == 404
 
 
 async def test_socket_mode_answers_and_acks_envelopes(tmp_path: Path, embedder: Embedder) -> None:

@@ -22,6 +22,7 @@ from tests.fake_teams import (
     APP_ID,
     APP_PASSWORD,
     OUTGOING_TOKEN,
+    TENANT,
     FakeConnector,
     LocalCredentialFactory,
     SigningKeys,
@@ -65,21 +66,27 @@ class TeamsEnv:
 @asynccontextmanager
 async def teams_env(tmp_path: Path, embedder: Embedder, **overrides: Any) -> AsyncIterator[TeamsEnv]:
     """kbot serve with Teams credentials configured, checking tokens against local keys."""
+    from botframework.connector.auth import ChannelValidation
+
     keys = SigningKeys()
     with openid_server(keys):
-        async with (
-            fake_connector() as connector,
-            slack_env(
-                tmp_path,
-                embedder,
-                teams_app_id=APP_ID,
-                teams_app_password=APP_PASSWORD,
-                teams_openid_metadata_url=keys.metadata_url,
-                teams_credentials=LocalCredentialFactory(APP_ID, APP_PASSWORD),
-                **overrides,
-            ) as env,
-        ):
-            yield TeamsEnv(env, connector, keys)
+        # Production's code path (public cloud channel validation), with the keys published locally.
+        ChannelValidation.open_id_metadata_endpoint = keys.metadata_url
+        try:
+            async with (
+                fake_connector() as connector,
+                slack_env(
+                    tmp_path,
+                    embedder,
+                    teams_app_id=APP_ID,
+                    teams_app_password=APP_PASSWORD,
+                    teams_credentials=LocalCredentialFactory(APP_ID, APP_PASSWORD),
+                    **overrides,
+                ) as env,
+            ):
+                yield TeamsEnv(env, connector, keys)
+        finally:
+            ChannelValidation.open_id_metadata_endpoint = None
 
 
 @pytest.fixture
@@ -248,7 +255,7 @@ async def test_acl_groups_and_team_policies_from_configuration(tmp_path: Path, e
 
 
 async def test_open_mode_without_an_app_id_answers_the_emulator(tmp_path: Path, embedder: Embedder) -> None:
-    async with fake_connector() as connector, slack_env(tmp_path, embedder) as env:
+    async with fake_connector() as connector, slack_env(tmp_path, embedder, allow_open_teams=True) as env:
         teams = TeamsEnv(env, connector, SigningKeys())
         health = await (await env.client.get("/healthz")).json()
         assert health["teams"] == "open"
@@ -256,3 +263,54 @@ async def test_open_mode_without_an_app_id_answers_the_emulator(tmp_path: Path, 
         assert response.status in (200, 201)
         await wait_until(lambda: teams.stats["answered"] == 1)
         assert connector.messages()[0]["text"].startswith("Sick leave is 10 days")
+
+
+async def test_edge_cases_users_hit(teams: TeamsEnv) -> None:
+    # The bot's name inside the question survives mention stripping.
+    mention = channel_mention(teams.connector.url, "kbot, how many days of sick leave do I get?")
+    await teams.post(mention)
+    await wait_until(lambda: teams.stats["answered"] == 1)
+    [row] = await teams.rows(Answer)
+    assert row.question == "kbot, how many days of sick leave do I get?"
+    assert "**Sources**" in teams.connector.messages()[0]["text"]  # channels also list sources inline
+    # A feedback invoke whose value is not an object, and a request without a content type.
+    odd = teams.activity(type="invoke", name="message/submitAction", replyToId="1", value="like")
+    assert (await teams.post(odd)).status == 400
+    raw = await teams.env.client.post("/api/messages", data=json.dumps(teams.activity(text="hi")))
+    assert raw.status == 415
+    assert teams.stats["failed"] == 0
+
+
+async def test_reaction_taken_back_keeps_a_button_vote(teams: TeamsEnv) -> None:
+    _answer_id, message_id = await _answered(teams)
+    await teams.post(_feedback(teams, message_id, "like", "clear", "aad-bob"))
+    bob = {"id": "29:bob", "name": "Bob", "aadObjectId": "aad-bob"}
+    for kind in ("reactionsAdded", "reactionsRemoved"):
+        body = teams.activity(
+            type="messageReaction", replyToId=message_id, **{kind: [{"type": "heart"}], "from": bob}
+        )
+        await teams.post(body)
+    await wait_until(lambda: teams.stats["feedback_recorded"] == 3)
+    assert {(v.voter, v.value, v.origin, v.comment) for v in await teams.rows(Vote)} == {
+        ("aad-bob", 1, "feedback", "clear")
+    }
+
+
+async def test_failing_typing_indicator_does_not_cost_the_answer(teams: TeamsEnv) -> None:
+    teams.connector.fail_typing = 5
+    await teams.post(teams.activity(text=QUESTION))
+    await wait_until(lambda: teams.stats["answered"] + teams.stats["failed"] == 1)
+    assert teams.stats["answered"] == 1
+    assert teams.connector.messages()[0]["text"].startswith("Sick leave is 10 days per year")
+
+
+async def test_single_tenant_bot_refuses_other_tenants(tmp_path: Path, embedder: Embedder) -> None:
+    async with teams_env(tmp_path, embedder, teams_tenant_id=TENANT) as teams:
+        stranger = teams.activity(
+            text=QUESTION,
+            conversation={"conversationType": "personal", "tenantId": "other-tenant", "id": "a:1x"},
+            channelData={"tenant": {"id": "other-tenant"}},
+        )
+        assert (await teams.post(stranger)).status == 403
+        assert (await teams.post(teams.activity(text=QUESTION))).status in (200, 201)
+        await wait_until(lambda: teams.stats["answered"] == 1)

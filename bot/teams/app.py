@@ -20,14 +20,19 @@ import json
 import logging
 from typing import Any
 
+import requests
 from aiohttp import web
 from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
-from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity, CallerIdConstants, ChannelAccount, MessageReaction
-from botframework.connector.auth import AuthenticationConstants, ServiceClientCredentialsFactory
+from botbuilder.integration.aiohttp import (
+    CloudAdapter,
+    ConfigurationBotFrameworkAuthentication,
+    ConfigurationServiceClientCredentialFactory,
+)
+from botbuilder.schema import Activity, ChannelAccount, MessageReaction
+from botframework.connector.auth import ServiceClientCredentialsFactory
 from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 
-from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.chat import ChatService, FeedbackEvent, IncomingMessage, public_reason
 from bot.teams.reply import TeamsReply
 from kbot.errors import KbotError
 from kbot.settings import Settings
@@ -47,18 +52,6 @@ class _BotConfig:
         )
         self.APP_TYPE = "SingleTenant" if settings.teams_tenant_id else "MultiTenant"
         self.APP_TENANTID = settings.teams_tenant_id or ""
-        if settings.teams_openid_metadata_url:
-            # Setting any endpoint switches botbuilder to its fully "parameterized" mode, where
-            # every other endpoint must be given too: the public cloud's, but for the keys.
-            self.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL = settings.teams_openid_metadata_url
-            self.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER = AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
-            self.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL = (
-                AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL
-            )
-            self.TO_CHANNEL_FROM_BOT_LOGIN_URL = AuthenticationConstants.TO_CHANNEL_FROM_BOT_LOGIN_URL
-            self.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE = AuthenticationConstants.TO_CHANNEL_FROM_BOT_OAUTH_SCOPE
-            self.OAUTH_URL = AuthenticationConstants.OAUTH_URL
-            self.CALLER_ID = CallerIdConstants.public_azure_channel
 
 
 class _Authentication(ConfigurationBotFrameworkAuthentication):  # type: ignore[misc]
@@ -74,9 +67,41 @@ class _Authentication(ConfigurationBotFrameworkAuthentication):  # type: ignore[
             return await super().authenticate_request(activity, auth_header)
         except PermissionError:
             raise
+        except requests.RequestException as exc:
+            # Bot Framework's signing keys could not be fetched: our outage, not the caller's fault.
+            log.warning("cannot fetch Bot Framework's signing keys: %s", exc)
+            raise web.HTTPServiceUnavailable(text="cannot verify the request right now") from exc
         except Exception as exc:  # see the class docstring; the cause is logged
             log.info("Teams request refused: %s: %s", type(exc).__name__, exc)
             raise PermissionError(f"unauthenticated: {exc}") from exc
+
+
+class _CachedCredentials(ServiceClientCredentialsFactory):  # type: ignore[misc]
+    """One credentials object per (app, scope, login endpoint) instead of one per send.
+
+    botbuilder builds new credentials, each with a new MSAL client (tenant discovery plus a token
+    request, made synchronously), for every message it sends; reused, MSAL's token cache holds.
+    """
+
+    def __init__(self, inner: ServiceClientCredentialsFactory) -> None:
+        self._inner = inner
+        self._cache: dict[tuple[str, str, str, bool], Any] = {}
+
+    async def is_valid_app_id(self, app_id: str) -> bool:
+        return bool(await self._inner.is_valid_app_id(app_id))
+
+    async def is_authentication_disabled(self) -> bool:
+        return bool(await self._inner.is_authentication_disabled())
+
+    async def create_credentials(
+        self, app_id: str, oauth_scope: str, login_endpoint: str, validate_authority: bool
+    ) -> Any:
+        key = (app_id, oauth_scope, login_endpoint, validate_authority)
+        if key not in self._cache:
+            self._cache[key] = await self._inner.create_credentials(
+                app_id, oauth_scope, login_endpoint, validate_authority
+            )
+        return self._cache[key]
 
 
 def conversation_channel(conversation_id: str) -> str:
@@ -95,7 +120,11 @@ class TeamsAdapter:
         self.settings = settings
         self.service = service
         self.app_id = settings.teams_app_id or None
-        auth = _Authentication(_BotConfig(settings), credentials_factory=credentials_factory)
+        config = _BotConfig(settings)
+        factory = credentials_factory or _CachedCredentials(
+            ConfigurationServiceClientCredentialFactory(config)
+        )
+        auth = _Authentication(config, credentials_factory=factory)
         self.cloud = CloudAdapter(auth)
         self.cloud.on_turn_error = self._on_turn_error
         self.bot = _KbotBot(self)
@@ -106,13 +135,19 @@ class TeamsAdapter:
             )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if "application/json" not in request.headers.get("Content-Type", ""):
+            raise web.HTTPUnsupportedMediaType(text="activities are application/json")
         try:
             body = json.loads(await request.read())
             if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not body["type"]:
                 raise ValueError("an activity is a JSON object with a type")
-            Activity().deserialize(body)
+            activity = Activity().deserialize(body)
         except (ValueError, DeserializationError) as exc:
             raise web.HTTPBadRequest(text=f"malformed activity: {exc}") from exc
+        tenant = self.settings.teams_tenant_id
+        if tenant and activity.conversation is not None and _tenant(activity) not in (None, tenant):
+            # A single-tenant bot answers its own organisation only (its token alone does not say so).
+            raise web.HTTPForbidden(text="this bot serves another tenant")
         response = await self.cloud.process(request, self.bot)
         return response if response is not None else web.Response(status=201)
 
@@ -143,7 +178,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             (m.additional_properties.get("mentioned") or {}).get("id") == activity.recipient.id
             for m in TurnContext.get_mentions(activity)
         )
-        text = TurnContext.remove_recipient_mention(activity) if mentioned else activity.text
+        text = _without_mention(activity) if mentioned else activity.text or ""
         data = activity.channel_data or {}
         team = (data.get("team") or {}).get("id")
         channel = (data.get("channel") or {}).get("id")
@@ -192,15 +227,17 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
                 await self._service.feedback(feedback)
             except KbotError as exc:
                 log.error("could not record a Teams reaction: %s", exc)
-                await turn_context.send_activity(f"Sorry, I could not record your reaction: {exc}")
+                await turn_context.send_activity(
+                    f"Sorry, I could not record your reaction: {public_reason(exc)}"
+                )
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
         activity = turn_context.activity
         if activity.name != "message/submitAction":
             return await super().on_invoke_activity(turn_context)  # type: ignore[no-any-return]
-        value: Any = activity.value or {}
-        action = value.get("actionValue") or {} if isinstance(value, dict) else {}
-        reaction = action.get("reaction") if isinstance(action, dict) else None
+        value: Any = activity.value if isinstance(activity.value, dict) else {}
+        action: Any = value.get("actionValue") if isinstance(value.get("actionValue"), dict) else {}
+        reaction = action.get("reaction")
         if (
             value.get("actionName") != "feedback"
             or reaction not in ("like", "dislike")
@@ -226,6 +263,16 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
         if answer_id is None:
             return InvokeResponse(status=404)
         return InvokeResponse(status=200)
+
+
+def _without_mention(activity: Activity) -> str:
+    """The text with kbot's ``<at>…</at>`` mention removed once (the name elsewhere stays)."""
+    text = activity.text or ""
+    for mention in TurnContext.get_mentions(activity):
+        props = mention.additional_properties
+        if (props.get("mentioned") or {}).get("id") == activity.recipient.id and props.get("text"):
+            text = text.replace(str(props["text"]), " ", 1)
+    return text
 
 
 def _person(account: ChannelAccount) -> str:

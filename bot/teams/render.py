@@ -63,12 +63,25 @@ def citation_entity(citations: Sequence[Mapping[str, Any]], links: Mapping[str, 
     return AIMessageEntity(citation=claims)
 
 
-def answer_activity(result: AnswerResult, links: Mapping[str, str]) -> Activity:
+def answer_activity(
+    result: AnswerResult, links: Mapping[str, str], *, inline_sources: bool = False
+) -> Activity:
+    """The answer as a message. ``inline_sources`` also lists the sources in the text, for
+    channels, where Teams may not render citation entities."""
     text = result.answer.strip() or "…"
     marked = {int(m) for m in _MARK.findall(text)}
     missing = [c for c in result.citations if int(c["n"]) not in marked]
     if missing:  # small models forget the markers; every citation must be reachable
         text += " " + " ".join(f"[{c['n']}]" for c in missing)
+    if inline_sources and result.citations:
+        lines = []
+        for c in result.citations:
+            url = source_url(str(c["source"]), links)
+            title = str(c.get("title") or c["source"])
+            lines.append(
+                f"[{c['n']}] [{title}]({url.replace('&amp;', '&')})" if url else f"[{c['n']}] {title}"
+            )
+        text += "\n\n**Sources**\n\n" + "\n\n".join(lines)
     activity = Activity(type=ActivityTypes.message, text=text, text_format="markdown")
     if result.citations:
         activity.entities = [citation_entity(result.citations, links)]

@@ -25,6 +25,7 @@ from kbot.errors import ChatError
 
 log = logging.getLogger(__name__)
 TYPING_EVERY_S = 3.0
+_SEND_ERRORS = (HttpOperationError, ClientRequestError, aiohttp.ClientError, OSError)
 
 
 class TeamsReply:
@@ -43,7 +44,6 @@ class TeamsReply:
         self._typing: asyncio.Task[None] | None = None
 
     async def working(self) -> None:
-        await self.send(Activity(type=ActivityTypes.typing))
         self._typing = asyncio.create_task(self._keep_typing(), name="teams typing")
 
     async def update(self, text: str) -> None:
@@ -51,7 +51,8 @@ class TeamsReply:
 
     async def finish(self, result: AnswerResult) -> list[str]:
         await self._stop_typing()
-        return [await self.send(answer_activity(result, self._links))]
+        in_channel = self._reference.conversation.conversation_type == "channel"
+        return [await self.send(answer_activity(result, self._links, inline_sources=in_channel))]
 
     async def notice(self, text: str, *, private: bool = False) -> None:
         # Teams has no message only one person in a chat sees; the notice is short and polite.
@@ -61,24 +62,33 @@ class TeamsReply:
     async def send(self, activity: Activity) -> str:
         """Send one activity into the question's conversation; the id Teams gave it."""
         sent: list[str] = []
+        failed: list[Exception] = []
 
         async def logic(turn_context: TurnContext) -> None:
-            response = await turn_context.send_activity(activity)
+            # Caught here: escaping the turn, botbuilder would swallow it after its turn-error handler.
+            try:
+                response = await turn_context.send_activity(activity)
+            except _SEND_ERRORS as exc:
+                failed.append(exc)
+                return
             sent.append(response.id if response and response.id else "")
 
         try:
             await self._adapter.continue_conversation(self._reference, logic, self._app_id)
-        except (HttpOperationError, ClientRequestError, aiohttp.ClientError, OSError) as exc:
-            raise ChatError(f"Teams did not accept the reply: {exc}") from exc
+        except _SEND_ERRORS as exc:
+            failed.append(exc)
+        if failed:
+            raise ChatError(f"Teams did not accept the reply: {failed[0]}") from failed[0]
         return sent[0] if sent else ""
 
     async def _keep_typing(self) -> None:
+        # Best-effort: a typing indicator that fails must never cost the answer.
         while True:
-            await asyncio.sleep(TYPING_EVERY_S)
             try:
                 await self.send(Activity(type=ActivityTypes.typing))
-            except ChatError as exc:
+            except Exception as exc:  # noqa: BLE001 - see above; logged
                 log.debug("typing indicator not sent: %s", exc)
+            await asyncio.sleep(TYPING_EVERY_S)
 
     async def _stop_typing(self) -> None:
         if self._typing is not None:
