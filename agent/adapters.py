@@ -87,3 +87,14 @@ class AdapterRegistry:
                     .where(Adapter.version == version)
                     .values(active=True, activated_at=utcnow())
                 )
+
+    async def previous(self) -> AdapterInfo | None:
+        """The adapter active before the current one (by activation time), for rollback."""
+        async with self._db.session() as s:
+            row = await s.scalar(
+                select(Adapter)
+                .where(Adapter.active.is_(False), Adapter.activated_at.is_not(None))
+                .order_by(Adapter.activated_at.desc())
+                .limit(1)
+            )
+            return _info(row) if row else None

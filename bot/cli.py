@@ -16,6 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from bot import learning_cli
 from kbot.errors import ConfigError, KbotError
 from kbot.settings import Settings, load_settings
 
@@ -322,6 +323,9 @@ def serve(
 
 db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(learning_cli.feedback_app, name="feedback")
+app.add_typer(learning_cli.train_app, name="train")
+app.add_typer(learning_cli.adapters_app, name="adapters")
 
 
 @db_app.command("upgrade")

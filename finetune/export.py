@@ -1,0 +1,270 @@
+"""Feedback → training rows in TRL's formats (conversational), with a summary of what was dropped.
+
+Formats (exactly what TRL's trainers load; every ``prompt`` is the exact message list the model
+saw, from the answer log, so training sees what serving saw):
+
+- DPO (``DPOTrainer``): ``{"prompt": [messages], "chosen": [{"role": "assistant", "content": …}],
+  "rejected": [{"role": "assistant", "content": …}]}``
+- KTO (``KTOTrainer``): ``{"prompt": [messages], "completion": [{"role": "assistant", …}],
+  "label": bool}`` — rated answers that are in no pair.
+- SFT (``SFTTrainer``, OpenAI chat JSONL): ``{"messages": [messages…, {"role": "assistant", …}]}``
+  — corrections, and answers rated good.
+
+An answer's rating is the sum of its live votes, after each person's votes beyond
+``max_votes_per_user`` (their oldest first kept) are set aside, so that one person cannot steer
+the model; it is *good* at ``+min_votes`` or more and *bad* at ``-min_votes`` or less. Answers
+kbot gave without the model (``not_found``, errors) and evaluation runs are never exported.
+Output is deterministic: rows are sorted by a hash of their content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from kbot.db import Database
+from kbot.db.models import Answer, Correction, Vote
+
+Embed = Callable[[Sequence[str]], np.ndarray]
+FORMATS = ("dpo", "kto", "sft")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    since: datetime | None = None  # only feedback given since then
+    min_votes: int = 1
+    max_votes_per_user: int = 200
+    similarity: float = 0.9  # cosine at or above which two questions are the same question
+
+
+@dataclass
+class Rated:
+    answer: Answer
+    score: int = 0
+    votes: int = 0
+
+
+@dataclass
+class Export:
+    dpo: list[dict[str, Any]] = field(default_factory=list)
+    kto: list[dict[str, Any]] = field(default_factory=list)
+    sft: list[dict[str, Any]] = field(default_factory=list)
+    made: Counter[str] = field(default_factory=Counter)  # pairs / rows by the rule that made them
+    dropped: Counter[str] = field(default_factory=Counter)  # by reason
+
+    def rows(self, fmt: str) -> list[dict[str, Any]]:
+        return {"dpo": self.dpo, "kto": self.kto, "sft": self.sft}[fmt]
+
+    def summary(self) -> str:
+        lines = [f"DPO pairs: {len(self.dpo)}, KTO rows: {len(self.kto)}, SFT rows: {len(self.sft)}"]
+        lines += [f"  made by {rule}: {n}" for rule, n in sorted(self.made.items())]
+        lines += [f"  dropped, {reason}: {n}" for reason, n in sorted(self.dropped.items())]
+        return "\n".join(lines)
+
+
+def normalise(question: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", question).casefold().split())
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _key(row: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+async def load(
+    db: Database, options: ExportOptions
+) -> tuple[dict[str, Rated], list[Correction], Counter[str]]:
+    """Rated answers (by id), corrections and the drop counts of loading."""
+    dropped: Counter[str] = Counter()
+    async with db.session() as s:
+        vote_query = select(Vote).order_by(Vote.updated_at, Vote.id)
+        correction_query = select(Correction).order_by(Correction.updated_at, Correction.id)
+        if options.since is not None:
+            vote_query = vote_query.where(Vote.updated_at >= options.since)
+            correction_query = correction_query.where(Correction.updated_at >= options.since)
+        votes = list((await s.scalars(vote_query)).all())
+        corrections = list((await s.scalars(correction_query)).all())
+        wanted = {v.answer_id for v in votes} | {c.answer_id for c in corrections}
+        answers: dict[str, Answer] = {}
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start : start + 5000]
+            for a in (await s.scalars(select(Answer).where(Answer.id.in_(chunk)))).all():
+                answers[a.id] = a
+    rated: dict[str, Rated] = {}
+    per_user: Counter[tuple[str, str]] = Counter()
+    for vote in votes:
+        answer = answers.get(vote.answer_id)
+        if answer is None or not _trainable(answer):
+            dropped["vote on an answer made without the model"] += 1
+            continue
+        per_user[(vote.platform, vote.voter)] += 1
+        if per_user[(vote.platform, vote.voter)] > options.max_votes_per_user:
+            dropped["vote beyond the per-person cap"] += 1
+            continue
+        entry = rated.setdefault(answer.id, Rated(answer))
+        entry.score += vote.value
+        entry.votes += 1
+    usable = []
+    for correction in corrections:
+        answer = answers.get(correction.answer_id)
+        if answer is None or not _trainable(answer):
+            dropped["correction of an answer made without the model"] += 1
+            continue
+        usable.append(correction)
+        rated.setdefault(answer.id, Rated(answer))
+    return rated, usable, dropped
+
+
+def _trainable(answer: Answer) -> bool:
+    return answer.status == "ok" and bool(answer.messages) and answer.platform != "eval"
+
+
+def build(
+    rated: dict[str, Rated], corrections: list[Correction], options: ExportOptions, embed: Embed | None
+) -> Export:
+    out = Export()
+    good = {i: r for i, r in rated.items() if r.votes and r.score >= options.min_votes}
+    bad = {i: r for i, r in rated.items() if r.votes and r.score <= -options.min_votes}
+    out.dropped["answer whose votes cancel out or are too few"] += sum(
+        1 for r in rated.values() if r.votes and -options.min_votes < r.score < options.min_votes
+    )
+    pairs: list[tuple[str, dict[str, Any], str, str]] = []  # (rule, row, chosen id, rejected id)
+
+    # Rule 1: a correction is better than the answer it corrects.
+    for c in corrections:
+        a = rated[c.answer_id].answer
+        row = {"prompt": a.messages, "chosen": _assistant(c.text), "rejected": _assistant(a.answer)}
+        pairs.append(("correction", row, f"correction:{c.id}", a.id))
+
+    same = _same_question_groups([r.answer for r in (good | bad).values()], options.similarity, embed)
+    for members in same:
+        ups = [a for a in members if a.id in good]
+        downs = [a for a in members if a.id in bad]
+        for up in ups:
+            for down in downs:
+                # Rule 2: 👍 and 👎 answers to the same question in the same context (same
+                # collections, same retrieved passages): the prompt is the 👍 answer's.
+                if _context(up) == _context(down):
+                    row = {
+                        "prompt": up.messages,
+                        "chosen": _assistant(up.answer),
+                        "rejected": _assistant(down.answer),
+                    }
+                    pairs.append(("same question, opposite votes", row, up.id, down.id))
+                # Rule 3: a 👎 answer, then a 👍 answer to the same question later in the same
+                # thread (the asker tried again): the prompt is the 👎 answer's, which has no
+                # trace of the failed attempt in its history.
+                elif _thread(up) == _thread(down) and up.created_at > down.created_at:
+                    row = {
+                        "prompt": down.messages,
+                        "chosen": _assistant(up.answer),
+                        "rejected": _assistant(down.answer),
+                    }
+                    pairs.append(("regenerated in the thread", row, up.id, down.id))
+    _finish_pairs(out, pairs)
+
+    paired = {i for _, _, a, b in pairs for i in (a, b)}
+    for answer_id, r in sorted(rated.items()):
+        if r.votes and answer_id not in paired and answer_id in good | bad:
+            out.kto.append(
+                {
+                    "prompt": r.answer.messages,
+                    "completion": _assistant(r.answer.answer),
+                    "label": answer_id in good,
+                }
+            )
+    out.made["unpaired vote (KTO)"] = len(out.kto)
+    for c in corrections:
+        out.sft.append({"messages": [*rated[c.answer_id].answer.messages, *_assistant(c.text)]})
+    for answer_id in sorted(good):
+        a = good[answer_id].answer
+        out.sft.append({"messages": [*a.messages, *_assistant(a.answer)]})
+    out.made["SFT rows"] = len(out.sft)
+    for rows in (out.dpo, out.kto, out.sft):
+        rows.sort(key=_key)
+    return out
+
+
+def _finish_pairs(out: Export, pairs: list[tuple[str, dict[str, Any], str, str]]) -> None:
+    seen: dict[str, str] = {}
+    by_direction: dict[tuple[str, str, str], str] = {}
+    for rule, row, _, _ in pairs:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        if chosen.strip() == rejected.strip():
+            out.dropped["chosen and rejected are the same text"] += 1
+            continue
+        key = _key(row)
+        if key in seen:
+            out.dropped["duplicate pair"] += 1
+            continue
+        prompt = json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False)
+        seen[key] = rule
+        by_direction[(prompt, chosen, rejected)] = key
+    contradicted = {
+        k for (p, c, r), k in by_direction.items() if (p, r, c) in by_direction
+    }  # people disagree: both directions go
+    out.dropped["contradictory pair"] += len(contradicted)
+    kept = {k for k in seen if k not in contradicted}
+    for rule, row, _, _ in pairs:
+        key = _key(row)
+        if key in kept:
+            kept.discard(key)
+            out.dpo.append(row)
+            out.made[rule] += 1
+
+
+def _context(answer: Answer) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    chunks = tuple(sorted(str(r.get("chunk_id")) for r in answer.retrieved))
+    return tuple(sorted(answer.collections)), chunks
+
+
+def _thread(answer: Answer) -> tuple[str, str, str]:
+    return (answer.platform, answer.channel, answer.thread or answer.id)
+
+
+def _same_question_groups(answers: list[Answer], threshold: float, embed: Embed | None) -> list[list[Answer]]:
+    """Answers grouped by question: equal after normalising, or (with ``embed``) cosine ≥ threshold."""
+    by_text: dict[str, list[Answer]] = defaultdict(list)
+    for a in sorted(answers, key=lambda a: (a.created_at, a.id)):
+        by_text[normalise(a.question)].append(a)
+    texts = sorted(by_text)
+    if embed is None or len(texts) < 2:
+        return [by_text[t] for t in texts]
+    vectors = np.asarray(embed(texts), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    parent = list(range(len(texts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(texts)):  # blocks keep memory at O(block x n)
+        sims = vectors[i + 1 :] @ vectors[i]
+        for j in np.nonzero(sims >= threshold)[0]:
+            parent[root(i + 1 + int(j))] = root(i)
+    groups: dict[int, list[Answer]] = defaultdict(list)
+    for i, t in enumerate(texts):
+        groups[root(i)].extend(by_text[t])
+    return [groups[k] for k in sorted(groups)]
+
+
+async def export_feedback(db: Database, options: ExportOptions, embed: Embed | None = None) -> Export:
+    rated, corrections, dropped = await load(db, options)
+    out = build(rated, corrections, options, embed)
+    out.dropped.update(dropped)
+    return out

@@ -1,0 +1,151 @@
+"""Feedback export: each rule, the drops, determinism — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from finetune.export import ExportOptions, export_feedback
+from finetune.votes import VoteLog
+from kbot.db import Database
+from kbot.db.models import Answer
+
+_clock = itertools.count()
+
+
+async def answer(
+    db: Database,
+    question: str,
+    text: str,
+    *,
+    thread: str = "",
+    chunks: tuple[str, ...] = ("c1",),
+    status: str = "ok",
+    platform: str = "slack",
+) -> str:
+    answer_id = str(uuid.uuid4())
+    async with db.session() as s:
+        s.add(
+            Answer(
+                id=answer_id,
+                created_at=datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=next(_clock)),
+                platform=platform,
+                asker="U1",
+                channel="C1",
+                thread=thread or answer_id,
+                collections=["hr"],
+                question=question,
+                search_query=question,
+                messages=[
+                    {"role": "system", "content": "sys"},
+                    {"role": "user", "content": f"Q: {question}"},
+                ],
+                retrieved=[{"chunk_id": c, "score": 1.0, "source": "hr.md"} for c in chunks],
+                answer=text,
+                citations=[],
+                status=status,
+                base_model="m",
+                latency_ms=1,
+            )
+        )
+    return answer_id
+
+
+def texts(rows: list[dict[str, object]]) -> set[tuple[str, str]]:
+    return {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows}  # type: ignore[index]
+
+
+async def test_each_pair_rule_and_its_prompt(database: Database) -> None:
+    votes = VoteLog(database)
+    # Rule 1: a correction beats the answer it corrects.
+    wrong = await answer(database, "How many sick days?", "Five days.")
+    await votes.correct(answer_id=wrong, platform="slack", author="U2", text="Ten days [1].")
+    # Rule 2: 👍 and 👎 answers to the same question (after normalising) in the same context.
+    good = await answer(database, "How long is parental leave?", "16 weeks [1].")
+    bad = await answer(database, "how long is  PARENTAL leave?", "I do not know.")
+    await votes.vote(answer_id=good, platform="slack", voter="U2", value=1, origin="button")
+    await votes.vote(answer_id=bad, platform="teams", voter="X3", value=-1, origin="feedback")
+    # Rule 3: 👎, then a 👍 answer to the same question later in the same thread (other passages).
+    first = await answer(database, "Meal allowance?", "No idea.", thread="T1", chunks=("c7",))
+    again = await answer(database, "Meal allowance?", "45 euros a day [1].", thread="T1", chunks=("c8",))
+    await votes.vote(answer_id=first, platform="slack", voter="U4", value=-1, origin="reaction")
+    await votes.vote(answer_id=again, platform="slack", voter="U4", value=1, origin="reaction")
+
+    result = await export_feedback(database, ExportOptions())
+    assert texts(result.dpo) == {
+        ("Ten days [1].", "Five days."),
+        ("16 weeks [1].", "I do not know."),
+        ("45 euros a day [1].", "No idea."),
+    }
+    by_chosen = {r["chosen"][0]["content"]: r for r in result.dpo}
+    assert (
+        by_chosen["16 weeks [1]."]["prompt"][-1]["content"] == "Q: How long is parental leave?"
+    )  # the 👍 one's
+    assert by_chosen["45 euros a day [1]."]["prompt"][-1]["content"] == "Q: Meal allowance?"
+    assert result.made["correction"] == 1 and result.made["same question, opposite votes"] == 1
+    assert result.made["regenerated in the thread"] == 1
+    assert result.kto == []  # every rated answer is in a pair
+    sft = {r["messages"][-1]["content"] for r in result.sft}
+    assert sft == {"Ten days [1].", "16 weeks [1].", "45 euros a day [1]."}
+    assert all(r["messages"][-1]["role"] == "assistant" for r in result.sft)
+
+
+async def test_drops_caps_and_determinism(database: Database) -> None:
+    votes = VoteLog(database)
+    # Self-pair: the correction says exactly what the answer said.
+    same = await answer(database, "VPN?", "Always use the VPN.")
+    await votes.correct(answer_id=same, platform="slack", author="U2", text="Always use the VPN.")
+    # Contradiction: two people corrected two identical answers in opposite directions.
+    a = await answer(database, "Hotel limit?", "150 euros.")
+    b = await answer(database, "Hotel limit?", "200 euros.")
+    await votes.correct(answer_id=a, platform="slack", author="U2", text="200 euros.")
+    await votes.correct(answer_id=b, platform="slack", author="U3", text="150 euros.")
+    # Votes that cancel out; a vote on an answer made without the model; an evaluation answer.
+    tied = await answer(database, "Gym?", "30 euros.")
+    await votes.vote(answer_id=tied, platform="slack", voter="U5", value=1, origin="button")
+    await votes.vote(answer_id=tied, platform="slack", voter="U6", value=-1, origin="button")
+    unanswered = await answer(database, "Rocket?", "I could not find this.", status="not_found")
+    await votes.vote(answer_id=unanswered, platform="slack", voter="U5", value=-1, origin="button")
+    evaluated = await answer(database, "Eval?", "x", platform="eval")
+    await votes.vote(answer_id=evaluated, platform="slack", voter="U5", value=1, origin="button")
+    # One eager voter: only their first two votes count.
+    for i in range(4):
+        rated = await answer(database, f"Question {i}?", f"Answer {i}.")
+        await votes.vote(answer_id=rated, platform="slack", voter="U9", value=1, origin="button")
+
+    options = ExportOptions(max_votes_per_user=2)
+    result = await export_feedback(database, options)
+    assert result.dpo == []
+    assert result.dropped["chosen and rejected are the same text"] == 1
+    assert result.dropped["contradictory pair"] == 2
+    assert result.dropped["answer whose votes cancel out or are too few"] == 1
+    assert result.dropped["vote on an answer made without the model"] == 2
+    assert result.dropped["vote beyond the per-person cap"] == 2
+    assert sorted(r["completion"][0]["content"] for r in result.kto) == ["Answer 0.", "Answer 1."]
+    assert all(r["label"] is True for r in result.kto)
+    again = await export_feedback(database, options)
+    assert (again.dpo, again.kto, again.sft) == (result.dpo, result.kto, result.sft)
+    summary = result.summary()
+    assert "contradictory pair: 2" in summary and "KTO rows: 2" in summary
+    # --since: only feedback given after the date.
+    later = await export_feedback(database, ExportOptions(since=datetime.now(UTC) + timedelta(days=1)))
+    assert (later.dpo, later.kto, later.sft) == ([], [], [])
+
+
+async def test_near_duplicate_questions_by_embedding(database: Database) -> None:
+    votes = VoteLog(database)
+    up = await answer(database, "How many days of annual leave do I get?", "20 days [1].")
+    down = await answer(database, "How many annual leave days do I get?", "Ask HR.")
+    await votes.vote(answer_id=up, platform="slack", voter="U1", value=1, origin="button")
+    await votes.vote(answer_id=down, platform="slack", voter="U2", value=-1, origin="button")
+
+    def embed(texts: list[str]) -> object:
+        import numpy as np
+
+        # Two wordings of one question: same direction; an unrelated one would be orthogonal.
+        return np.array([[1.0, 0.1] if "annual" in t else [0.0, 1.0] for t in texts])
+
+    assert (await export_feedback(database, ExportOptions())).dpo == []  # without embeddings: two questions
+    paired = await export_feedback(database, ExportOptions(similarity=0.9), embed=embed)  # type: ignore[arg-type]
+    assert texts(paired.dpo) == {("20 days [1].", "Ask HR.")}
