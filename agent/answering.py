@@ -15,13 +15,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 
 from agent.adapters import AdapterRegistry
 from agent.answer_log import record_answer
-from agent.backends import ModelBackend
+from agent.backends import AdapterRef, ModelBackend
 from agent.graph import AnswerContext, AnswerState, build_graph
 from kbot.db.models import Answer
 from kbot.errors import KbotError
@@ -106,13 +106,17 @@ class Answerer:
         """Load the embedder and the model before the first question (servers call this)."""
         await asyncio.gather(self.kb.warm_up(), self.backend.warm_up())
 
-    async def ask(self, question: Question) -> AnswerResult:
-        async for item in self.stream(question):
+    async def ask(
+        self, question: Question, *, adapter: AdapterRef | Literal["active"] | None = "active"
+    ) -> AnswerResult:
+        async for item in self.stream(question, adapter=adapter):
             if isinstance(item, AnswerResult):
                 return item
         raise AssertionError("stream() always ends with an AnswerResult")
 
-    async def stream(self, question: Question) -> AsyncIterator[str | AnswerResult]:
+    async def stream(
+        self, question: Question, *, adapter: AdapterRef | Literal["active"] | None = "active"
+    ) -> AsyncIterator[str | AnswerResult]:
         """Yield the answer's text as it grows, then one :class:`AnswerResult`."""
         started = time.perf_counter()
         answer_id = str(uuid.uuid4())
@@ -120,11 +124,15 @@ class Answerer:
             f"{question.platform}:{question.channel}:{question.thread}" if question.thread else answer_id
         )
         state: AnswerState = {}
+        chosen = adapter
         adapter = None
         error = ""
         try:
-            adapter_info = await self.adapters.active()
-            adapter = adapter_info.ref if adapter_info else None
+            if chosen == "active":
+                adapter_info = await self.adapters.active()
+                adapter = adapter_info.ref if adapter_info else None
+            else:  # the evaluation gate compares two adapters through this same path
+                adapter = chosen
             context = AnswerContext(
                 kb=self.kb,
                 backend=self.backend,

@@ -294,8 +294,14 @@ def serve(
             "(needs KBOT_SLACK_APP_TOKEN); for workspaces that cannot expose a URL.",
         ),
     ] = False,
+    nightly: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run the nightly learning job every day at this time (HH:MM), in this process."
+        ),
+    ] = None,
 ) -> None:
-    """Run the chat server: Slack (and later Teams and the web chat) on one port.
+    """Run the chat server: Slack and Teams (and later the web chat) on one port.
 
     Slack turns on when KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN are set; point the
     Slack app's Event Subscriptions and Interactivity request URLs at https://HOST/slack/events.
@@ -303,6 +309,7 @@ def serve(
 
     Example:  KBOT_SLACK_SIGNING_SECRET=... KBOT_SLACK_BOT_TOKEN=xoxb-... kbot serve --host 0.0.0.0
     """
+    from bot.server import parse_time_of_day
     from bot.server import serve as run_server
 
     settings = _settings()
@@ -310,6 +317,8 @@ def serve(
         raise ConfigError(
             "--slack-socket-mode needs an app-level token: set KBOT_SLACK_APP_TOKEN (xapp-...)."
         )
+    if nightly:
+        parse_time_of_day(nightly)  # a typo fails now, not after the model has loaded
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     _run(
         lambda: run_server(
@@ -317,6 +326,7 @@ def serve(
             host=host or settings.server_host,
             port=settings.server_port if port is None else port,
             socket_mode=slack_socket_mode,
+            nightly=nightly,
         )
     )
 
@@ -326,6 +336,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(learning_cli.feedback_app, name="feedback")
 app.add_typer(learning_cli.train_app, name="train")
 app.add_typer(learning_cli.adapters_app, name="adapters")
+app.command("eval")(learning_cli.eval_command)
+app.command("nightly")(learning_cli.nightly_command)
 
 
 @db_app.command("upgrade")

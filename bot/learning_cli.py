@@ -237,3 +237,126 @@ def adapters_rollback() -> None:
     typer.echo(
         f"{version} is active again." if version else "No earlier adapter: the base model answers now."
     )
+
+
+def _open_answerer(settings: Settings) -> Any:
+    from agent.answering import Answerer
+
+    return Answerer.open(settings)
+
+
+def eval_command(
+    adapter: Annotated[str, typer.Argument(help="The candidate adapter version.")],
+    against: Annotated[str, typer.Option(help="active, base, or a version to compare with.")] = "active",
+    golden: Annotated[
+        Path | None, typer.Option(help="Golden JSONL: {question, collections, facts} rows and/or DPO pairs.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the report here (.md, .html or .json).")] = None,
+) -> None:
+    """Compare an adapter with the active one (or another) on a golden set; exit 1 if it would be refused.
+
+    Example:  kbot eval dpo-20261122-020000 --golden golden.jsonl --report eval.md
+    """
+    from agent.adapters import AdapterRegistry
+    from agent.base_model import resolve_base_model
+    from finetune.evaluate import evaluate, read_golden
+
+    settings = _settings()
+    if golden is None:
+        raise ConfigError(
+            "Give a golden set with --golden FILE (questions with facts, and/or preference pairs)."
+        )
+    questions, pairs = read_golden(golden)
+
+    async def go() -> Any:
+        answerer = await _open_answerer(settings)
+        try:
+            registry = AdapterRegistry(answerer.kb.db)
+            known = {a.version: a for a in await registry.list()}
+            if adapter not in known:
+                raise ConfigError(f"No adapter {adapter!r}. Known: {', '.join(known) or 'none'}.")
+            other = (
+                await registry.active()
+                if against == "active"
+                else None
+                if against == "base"
+                else known.get(against)
+            )
+            if against not in ("active", "base") and other is None:
+                raise ConfigError(f"No adapter {against!r} to compare with.")
+            base = resolve_base_model(settings.base_model, settings.model_cache_dir)
+            name = other.version if other else "base"
+            return await evaluate(
+                answerer,
+                (adapter, known[adapter].ref),
+                (name, other.ref if other else None),
+                questions,
+                pairs,
+                base_model=base,
+            )
+        finally:
+            await answerer.close()
+
+    result = asyncio.run(go())
+    markdown = result.to_markdown()
+    if report is not None:
+        if report.suffix == ".json":
+            report.write_text(result.to_json(), encoding="utf-8")
+        elif report.suffix == ".html":
+            import html
+
+            report.write_text(
+                f"<!doctype html><meta charset=utf-8><pre>{html.escape(markdown)}</pre>", encoding="utf-8"
+            )
+        else:
+            report.write_text(markdown, encoding="utf-8")
+    typer.echo(markdown)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def nightly_command(
+    golden: Annotated[
+        Path | None, typer.Option(help="Golden JSONL the candidate must not regress on.")
+    ] = None,
+    min_pairs: Annotated[
+        int, typer.Option(help="Skip the run with fewer new preference pairs than this.")
+    ] = 20,
+    since_days: Annotated[
+        int | None, typer.Option(help="Only feedback of the last N days (default: all).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (default: 30 on CPU, 300 with --gpu).")
+    ] = None,
+    gpu: Annotated[bool, typer.Option(help="GPU training defaults.")] = False,
+) -> None:
+    """Export → train (SFT on corrections, then DPO) → evaluate → promote or keep; recorded in the SQL store.
+
+    Run it from cron (`0 2 * * * cd /srv/kbot && kbot nightly --golden golden.jsonl`), a Kubernetes
+    CronJob, or inside the server with `kbot serve --nightly 02:00`. Two runs never overlap.
+    """
+    from datetime import timedelta
+
+    from finetune.nightly import NightlyConfig, run_nightly
+    from finetune.train import TrainConfig
+    from knowledge.embeddings import SentenceTransformerEmbedder
+
+    settings = _settings()
+    overrides: dict[str, Any] = {"steps": steps} if steps else {}
+    config = NightlyConfig(
+        min_pairs=min_pairs,
+        golden=golden,
+        since=datetime.now(UTC) - timedelta(days=since_days) if since_days else None,
+        train=TrainConfig.gpu(**overrides) if gpu else TrainConfig(**overrides),
+    )
+
+    async def go() -> Any:
+        answerer = await _open_answerer(settings)
+        try:
+            embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.embedding_device)
+            return await run_nightly(settings, answerer, config, embed=embedder.embed)
+        finally:
+            await answerer.close()
+
+    run = asyncio.run(go())
+    typer.echo(f"Run {run.id}: {run.status} — {run.decision} ({run.seconds:.0f} s)")
+    raise typer.Exit(0 if run.status in ("promoted", "kept", "skipped") else 1)

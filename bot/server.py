@@ -154,7 +154,41 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool = False) -> None:
+def parse_time_of_day(at: str) -> tuple[int, int]:
+    hour, _, minute = at.partition(":")
+    if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+        raise ConfigError(f"--nightly takes a time of day like 02:00, not {at!r}.")
+    return int(hour), int(minute)
+
+
+def schedule_nightly(runtime: Runtime, at: str) -> Any:
+    """Run the nightly learning job every day at ``at`` (HH:MM, server time) inside this server."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    from finetune.nightly import NightlyConfig, run_nightly
+
+    hour, minute = parse_time_of_day(at)
+    answerer = runtime.service.answerer
+
+    async def job() -> None:
+        try:
+            embed = answerer.kb.embedder.embed
+            run = await run_nightly(runtime.settings, answerer, NightlyConfig(), embed=embed)
+            log.info("nightly run %s: %s — %s", run.id, run.status, run.decision)
+        except Exception:
+            log.exception("nightly run failed")
+
+    scheduler = AsyncIOScheduler()
+    scheduler.add_job(job, CronTrigger(hour=hour, minute=minute), max_instances=1, coalesce=True)
+    scheduler.start()
+    log.info("nightly learning run scheduled daily at %s", at)
+    return scheduler
+
+
+async def serve(
+    settings: Settings, *, host: str, port: int, socket_mode: bool = False, nightly: str | None = None
+) -> None:
     """Run until SIGINT or SIGTERM (Ctrl-C, docker stop), then drain answers in flight and close."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -180,10 +214,13 @@ async def serve(settings: Settings, *, host: str, port: int, socket_mode: bool =
             socket_handler = await _start_socket_mode(runtime.slack, settings)
         else:
             log.info("Slack is on: point the app's Event Subscriptions and Interactivity at /slack/events")
+        scheduler = schedule_nightly(runtime, nightly) if nightly else None
         try:
             await stop.wait()
             log.info("stopping: finishing answers in flight (up to %.0f s)", DRAIN_S)
         finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
             if socket_handler is not None:
                 await socket_handler.close_async()
             await runner.cleanup()

@@ -202,3 +202,63 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
             _, stderr = on.communicate(timeout=60)
         assert on.returncode == 0, stderr
         assert "Slack is on" in stderr
+
+
+@pytest.mark.slow
+def test_learning_commands(workdir: tuple[Path, dict[str, str]], base_model_dir: str, tmp_path: Path) -> None:
+    """feedback export → train sft → adapters list/promote/rollback → eval → nightly, as a user runs them."""
+    cwd, env = workdir
+    env = {**env, "KBOT_BASE_MODEL": base_model_dir, "KBOT_MAX_NEW_TOKENS": "8"}
+    exported = kbot("feedback", "export", "--format", "dpo", cwd=cwd, env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout == "" and "DPO pairs: 0, KTO rows: 0, SFT rows: 0" in exported.stderr
+    assert kbot("feedback", "export", "--format", "csv", cwd=cwd, env=env).returncode == 2
+
+    curated = tmp_path / "curated.jsonl"
+    curated.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            + "\n"
+            for q, a in [("Sick leave?", "Up to 10 days a year."), ("Annual leave?", "20 days a year.")]
+        )
+    )
+    trained = kbot(
+        "train", "sft", str(curated), "--steps", "1", "--from", "base", "--version", "v1", cwd=cwd, env=env
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "Trained v1 (sft, 2 rows, 1 steps" in trained.stdout and "registered, not active" in trained.stdout
+    assert kbot("adapters", "list", cwd=cwd, env=env).stdout.startswith("  v1  sft")
+    assert kbot("adapters", "promote", "v1", cwd=cwd, env=env).returncode == 0
+    assert kbot("adapters", "list", cwd=cwd, env=env).stdout.startswith("* v1")
+    rolled = kbot("adapters", "rollback", cwd=cwd, env=env)
+    assert rolled.returncode == 0 and "base model answers now" in rolled.stdout
+    assert kbot("adapters", "list", cwd=cwd, env=env).stdout.startswith("  v1")
+
+    golden = tmp_path / "golden.jsonl"
+    pair = {
+        "prompt": [{"role": "user", "content": "Sick leave?"}],
+        "chosen": [{"role": "assistant", "content": "Up to 10 days a year."}],
+        "rejected": [{"role": "assistant", "content": "No idea."}],
+    }
+    golden.write_text(
+        json.dumps(pair)
+        + "\n"
+        + json.dumps(
+            {"question": "How many days of sick leave?", "collections": ["hr"], "facts": ["10 days"]}
+        )
+        + "\n"
+    )
+    report = tmp_path / "report.json"
+    evaluated = kbot(
+        "eval", "v1", "--against", "base", "--golden", str(golden), "--report", str(report), cwd=cwd, env=env
+    )
+    assert evaluated.returncode in (0, 1), evaluated.stderr  # 1 = the gate would refuse it
+    body = json.loads(report.read_text())
+    assert body["candidate"] == "v1" and body["against"] == "base"
+    assert body["metrics"]["against"]["preference_accuracy"] == 0.5
+    assert body["metrics"]["candidate"]["fact_hit_rate"] is not None
+    assert "| preference_accuracy |" in evaluated.stdout
+
+    nightly = kbot("nightly", "--min-pairs", "5", cwd=cwd, env=env)
+    assert nightly.returncode == 0, nightly.stderr
+    assert "skipped — too little feedback: 0 pairs (need 5)" in nightly.stdout
