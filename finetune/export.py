@@ -141,7 +141,7 @@ def build(
     out.dropped["answer whose votes cancel out or are too few"] += sum(
         1 for r in rated.values() if r.votes and -options.min_votes < r.score < options.min_votes
     )
-    pairs: list[tuple[str, dict[str, Any], str, str]] = []  # (rule, row, chosen id, rejected id)
+    pairs: list[Pair] = []
 
     # Rule 1: a correction is better than the answer it corrects.
     for c in corrections:
@@ -150,30 +150,7 @@ def build(
         pairs.append(("correction", row, f"correction:{c.id}", a.id))
 
     same = _same_question_groups([r.answer for r in (good | bad).values()], options.similarity, embed)
-    for members in same:
-        ups = [a for a in members if a.id in good]
-        downs = [a for a in members if a.id in bad]
-        for up in ups:
-            for down in downs:
-                # Rule 2: 👍 and 👎 answers to the same question in the same context (same
-                # collections, same retrieved passages): the prompt is the 👍 answer's.
-                if _context(up) == _context(down):
-                    row = {
-                        "prompt": up.messages,
-                        "chosen": _assistant(up.answer),
-                        "rejected": _assistant(down.answer),
-                    }
-                    pairs.append(("same question, opposite votes", row, up.id, down.id))
-                # Rule 3: a 👎 answer, then a 👍 answer to the same question later in the same
-                # thread (the asker tried again): the prompt is the 👎 answer's, which has no
-                # trace of the failed attempt in its history.
-                elif _thread(up) == _thread(down) and up.created_at > down.created_at:
-                    row = {
-                        "prompt": down.messages,
-                        "chosen": _assistant(up.answer),
-                        "rejected": _assistant(down.answer),
-                    }
-                    pairs.append(("regenerated in the thread", row, up.id, down.id))
+    pairs += _vote_pairs(same, set(good))
     _finish_pairs(out, pairs)
 
     paired = {i for _, _, a, b in pairs for i in (a, b)}
@@ -196,6 +173,47 @@ def build(
     for rows in (out.dpo, out.kto, out.sft):
         rows.sort(key=_key)
     return out
+
+
+Pair = tuple[str, dict[str, Any], str, str]  # (rule, row, chosen id, rejected id)
+
+
+def _vote_pairs(groups: list[list[Answer]], good: set[str]) -> list[Pair]:
+    pairs: list[Pair] = []
+    for members in groups:
+        # Pairs only form inside a context (rule 2) or a thread (rule 3): bucket first, so a big
+        # group of similar questions never costs a full cross product.
+        by_context: dict[Any, tuple[list[Answer], list[Answer]]] = defaultdict(lambda: ([], []))
+        by_thread: dict[Any, tuple[list[Answer], list[Answer]]] = defaultdict(lambda: ([], []))
+        for a in members:
+            side = 0 if a.id in good else 1
+            by_context[_context(a)][side].append(a)
+            by_thread[_thread(a)][side].append(a)
+        for ups, downs in by_context.values():
+            for up in ups:
+                for down in downs:
+                    # Rule 2: 👍 and 👎 answers to the same question in the same context (same
+                    # collections, same retrieved passages): the prompt is the 👍 answer's.
+                    row = {
+                        "prompt": up.messages,
+                        "chosen": _assistant(up.answer),
+                        "rejected": _assistant(down.answer),
+                    }
+                    pairs.append(("same question, opposite votes", row, up.id, down.id))
+        for ups, downs in by_thread.values():
+            for up in ups:
+                for down in downs:
+                    # Rule 3: a 👎 answer, then a 👍 answer to the same question later in the same
+                    # thread (the asker tried again) with other passages: the prompt is the 👎
+                    # answer's, which has no trace of the failed attempt in its history.
+                    if _context(up) != _context(down) and up.created_at > down.created_at:
+                        row = {
+                            "prompt": down.messages,
+                            "chosen": _assistant(up.answer),
+                            "rejected": _assistant(down.answer),
+                        }
+                        pairs.append(("regenerated in the thread", row, up.id, down.id))
+    return pairs
 
 
 def _finish_pairs(out: Export, pairs: list[tuple[str, dict[str, Any], str, str]]) -> None:

@@ -165,3 +165,24 @@ async def test_skips_with_too_little_feedback_and_never_overlaps(answerer: Answe
     await release(db, "a long run elsewhere")
     assert [r.status for r in await runs(db)] == ["skipped", "skipped"]
     assert not await AdapterRegistry(db).list()
+
+
+async def test_serve_schedules_the_nightly_run(answerer: Answerer) -> None:
+    from bot.chat import ChatService
+    from bot.ledger import ChatLedger
+    from bot.server import Runtime, parse_time_of_day, schedule_nightly
+    from kbot.errors import ConfigError
+
+    assert parse_time_of_day("02:30") == (2, 30)
+    for wrong in ("25:00", "2pm", "02:60", ""):
+        with pytest.raises(ConfigError, match="time of day like 02:00"):
+            parse_time_of_day(wrong)
+    service = ChatService(answerer.settings, answerer, ChatLedger(answerer.kb.db), VoteLog(answerer.kb.db))
+    scheduler = schedule_nightly(Runtime(answerer.settings, service, None, None), "02:30")
+    try:
+        [job] = scheduler.get_jobs()
+        fields = {f.name: str(f) for f in job.trigger.fields}
+        assert (fields["hour"], fields["minute"]) == ("2", "30")
+        assert job.max_instances == 1
+    finally:
+        scheduler.shutdown(wait=False)
