@@ -89,12 +89,15 @@ async def load(
     """Rated answers (by id), corrections and the drop counts of loading."""
     dropped: Counter[str] = Counter()
     async with db.session() as s:
-        vote_query = select(Vote).order_by(Vote.updated_at, Vote.id)
+        # Plain rows, not ORM objects: there can be hundreds of thousands of votes.
+        vote_query = select(Vote.answer_id, Vote.platform, Vote.voter, Vote.value).order_by(
+            Vote.updated_at, Vote.id
+        )
         correction_query = select(Correction).order_by(Correction.updated_at, Correction.id)
         if options.since is not None:
             vote_query = vote_query.where(Vote.updated_at >= options.since)
             correction_query = correction_query.where(Correction.updated_at >= options.since)
-        votes = list((await s.scalars(vote_query)).all())
+        votes = list((await s.execute(vote_query)).all())
         corrections = list((await s.scalars(correction_query)).all())
         wanted = {v.answer_id for v in votes} | {c.answer_id for c in corrections}
         answers: dict[str, Answer] = {}

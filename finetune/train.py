@@ -49,7 +49,13 @@ class TrainConfig:
         default=0, metadata={"help": "Seed for data order and LoRA init: same inputs, same adapter."}
     )
     device: str | None = field(default=None, metadata={"help": "cpu or cuda; default: cuda when available."})
-    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training; default: on for cuda."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 mixed precision; default: TRL's (on wherever the hardware supports it, CPUs "
+            "included — about twice as fast as float32 on this project's CPU machine)."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "gradient_accumulation", "lora_r", "lora_alpha", "max_length"):
@@ -127,7 +133,11 @@ def _lora(config: TrainConfig) -> Any:
 
 
 def _common_args(config: TrainConfig, out: Path, bf16: bool) -> dict[str, Any]:
+    precision = (
+        {} if config.bf16 is None and not bf16 else {"bf16": config.bf16 if config.bf16 is not None else bf16}
+    )
     return {
+        **precision,
         "output_dir": str(out / "trainer"),
         "max_steps": config.steps,
         "per_device_train_batch_size": config.batch_size,
@@ -139,7 +149,6 @@ def _common_args(config: TrainConfig, out: Path, bf16: bool) -> dict[str, Any]:
         "report_to": [],
         "seed": config.seed,
         "data_seed": config.seed,
-        "bf16": bf16,
         "use_cpu": _device(config) == "cpu",
         "max_length": config.max_length,
         "remove_unused_columns": False,
