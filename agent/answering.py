@@ -230,6 +230,14 @@ class Answerer:
                     base_model=result.model,
                     adapter_version=result.adapter,
                     latency_ms=result.latency_ms,
+                    # Only a question searched as asked (not a follow-up combined with the previous
+                    # one) has its own vector.
+                    question_vector=(
+                        state.get("query_vector") or None
+                        if state.get("search_query", question.text) == question.text
+                        else None
+                    ),
+                    embedding_model=self.kb.embedder.name,
                 ),
             )
         except KbotError as exc:

@@ -42,6 +42,9 @@ class AnswerState(TypedDict, total=False):
     answer: str
     citations: list[Citation]
     status: str
+    # The search query's embedding, when the embedder can read it: kept in the answer log so the
+    # feedback export can group near-duplicate questions without embedding them again.
+    query_vector: list[float]
 
 
 @dataclass(kw_only=True)
@@ -85,13 +88,15 @@ async def judge(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str
     wanted = keywords(query)
     overlap = [len(wanted & keywords(f"{h.title} {h.heading} {h.text}")) / max(1, len(wanted)) for h in hits]
     relevance = overlap
+    update: dict[str, Any] = {"query_vector": []}
     if ctx.kb.embedder.coverage(query) >= MIN_DENSE_COVERAGE:
         vectors = await asyncio.to_thread(ctx.kb.embedder.embed, [query, *(h.text for h in hits)])
         cosine = (vectors[1:] @ vectors[0]).tolist()
         relevance = [max(a, float(b)) for a, b in zip(overlap, cosine, strict=True)]
+        update["query_vector"] = [round(float(x), 5) for x in vectors[0]]
     # Retrieval's order stands: relevance only decides what is kept.
     kept = [asdict(h) for h, r in zip(hits, relevance, strict=True) if r >= ctx.min_relevance][: ctx.sources]
-    return {"sources": kept, "status": "ok" if kept else "not_found"}
+    return {**update, "sources": kept, "status": "ok" if kept else "not_found"}
 
 
 async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Feedback export at scale: 100k synthetic votes on 20k answers (2k distinct questions, several
-wordings each) → DPO pairs, KTO and SFT rows, with the real bundled embedder for near-duplicate
-questions — vs a bare read of the same rows from the same SQLite file. Goal: export ≤ 10 s.
+wordings each) → DPO pairs, KTO and SFT rows, grouping near-duplicate questions by the vectors the
+answer path recorded (the real bundled embedder makes them while populating, as answering would),
+vs a bare read of the same rows from the same SQLite file. Goal: export ≤ 10 s.
 
     python bench/export.py [--votes N]
 """
@@ -43,7 +44,9 @@ TOPICS = [
 ]
 
 
-async def populate(db: Database, votes: int, rng: random.Random) -> None:
+async def populate(
+    db: Database, votes: int, rng: random.Random, embedder: SentenceTransformerEmbedder
+) -> None:
     answers_n = votes // 5
     questions = [
         f"{verb} {topic} {n}?"
@@ -52,6 +55,9 @@ async def populate(db: Database, votes: int, rng: random.Random) -> None:
         for verb in ("What is the rule for",)
     ][: answers_n // 10]
     base = datetime(2026, 11, 1, tzinfo=UTC)
+    # The answer path records each question's vector (it embeds the question anyway); so does this.
+    wordings = [q + w for q in questions for w in ("", " please", " exactly")]
+    recorded = dict(zip(wordings, embedder.embed(wordings).round(5).tolist(), strict=True))
     answer_rows, vote_rows = [], []
     for i in range(answers_n):
         q = questions[i % len(questions)]
@@ -81,6 +87,8 @@ async def populate(db: Database, votes: int, rng: random.Random) -> None:
                 "base_model": "m",
                 "adapter_version": None,
                 "latency_ms": 100,
+                "question_vector": recorded[q + wording],
+                "embedding_model": embedder.name,
             }
         )
         for v in range(5):
@@ -115,15 +123,17 @@ async def main(args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="kbot-bench-export-"))
     db = Database(f"sqlite+aiosqlite:///{folder / 'kbot.db'}")
     await db.migrate()
-    print(f"populating {args.votes:,} votes …", flush=True)
-    await populate(db, args.votes, random.Random(0))
     embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
     embedder.embed(["warm up"])
+    print(f"populating {args.votes:,} votes …", flush=True)
+    await populate(db, args.votes, random.Random(0), embedder)
     started = time.perf_counter()
     rows = await bare_read(db)
     bare_s = time.perf_counter() - started
     started = time.perf_counter()
-    result = await export_feedback(db, ExportOptions(max_votes_per_user=1000), embed=embedder.embed)
+    result = await export_feedback(
+        db, ExportOptions(max_votes_per_user=1000), embed=embedder.embed, embed_model=embedder.name
+    )
     export_s = time.perf_counter() - started
     await db.close()
     print(result.summary())

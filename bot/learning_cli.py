@@ -69,7 +69,7 @@ def export(
         try:
             await db.migrate()
             embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.embedding_device)
-            return await export_feedback(db, options, embed=embedder.embed)
+            return await export_feedback(db, options, embed=embedder.embed, embed_model=embedder.name)
         finally:
             await db.close()
 
@@ -353,7 +353,9 @@ def nightly_command(
         answerer = await _open_answerer(settings)
         try:
             embedder = SentenceTransformerEmbedder(settings.embedding_model, device=settings.embedding_device)
-            return await run_nightly(settings, answerer, config, embed=embedder.embed)
+            return await run_nightly(
+                settings, answerer, config, embed=embedder.embed, embed_model=embedder.name
+            )
         finally:
             await answerer.close()
 

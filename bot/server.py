@@ -173,8 +173,10 @@ def schedule_nightly(runtime: Runtime, at: str) -> Any:
 
     async def job() -> None:
         try:
-            embed = answerer.kb.embedder.embed
-            run = await run_nightly(runtime.settings, answerer, NightlyConfig(), embed=embed)
+            embedder = answerer.kb.embedder
+            run = await run_nightly(
+                runtime.settings, answerer, NightlyConfig(), embed=embedder.embed, embed_model=embedder.name
+            )
             log.info("nightly run %s: %s — %s", run.id, run.status, run.decision)
         except Exception:
             log.exception("nightly run failed")

@@ -136,7 +136,11 @@ def _trainable(answer: Answer) -> bool:
 
 
 def build(
-    rated: dict[str, Rated], corrections: list[Correction], options: ExportOptions, embed: Embed | None
+    rated: dict[str, Rated],
+    corrections: list[Correction],
+    options: ExportOptions,
+    embed: Embed | None,
+    embed_model: str = "",
 ) -> Export:
     out = Export()
     good = {i: r for i, r in rated.items() if r.votes and r.score >= options.min_votes}
@@ -152,7 +156,9 @@ def build(
         row = {"prompt": a.messages, "chosen": _assistant(c.text), "rejected": _assistant(a.answer)}
         pairs.append(("correction", row, f"correction:{c.id}", a.id))
 
-    same = _same_question_groups([r.answer for r in (good | bad).values()], options.similarity, embed)
+    same = _same_question_groups(
+        [r.answer for r in (good | bad).values()], options.similarity, embed, embed_model
+    )
     pairs += _vote_pairs(same, set(good))
     _finish_pairs(out, pairs)
 
@@ -256,15 +262,21 @@ def _thread(answer: Answer) -> tuple[str, str, str]:
     return (answer.platform, answer.channel, answer.thread or answer.id)
 
 
-def _same_question_groups(answers: list[Answer], threshold: float, embed: Embed | None) -> list[list[Answer]]:
-    """Answers grouped by question: equal after normalising, or (with ``embed``) cosine ≥ threshold."""
+def _same_question_groups(
+    answers: list[Answer], threshold: float, embed: Embed | None, embed_model: str = ""
+) -> list[list[Answer]]:
+    """Answers grouped by question: equal after normalising, or (with ``embed``) cosine ≥ threshold.
+
+    A question's vector comes from the answer log when the answer path recorded one with the
+    same model (``embed_model``); only the others are embedded here.
+    """
     by_text: dict[str, list[Answer]] = defaultdict(list)
     for a in sorted(answers, key=lambda a: (a.created_at, a.id)):
         by_text[normalise(a.question)].append(a)
     texts = sorted(by_text)
     if embed is None or len(texts) < 2:
         return [by_text[t] for t in texts]
-    vectors = np.asarray(embed(texts), dtype=np.float32)
+    vectors = _question_vectors(texts, by_text, embed, embed_model)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
     parent = list(range(len(texts)))
 
@@ -284,8 +296,25 @@ def _same_question_groups(answers: list[Answer], threshold: float, embed: Embed 
     return [groups[k] for k in sorted(groups)]
 
 
-async def export_feedback(db: Database, options: ExportOptions, embed: Embed | None = None) -> Export:
+def _question_vectors(
+    texts: list[str], by_text: dict[str, list[Answer]], embed: Embed, embed_model: str
+) -> np.ndarray:
+    known: dict[str, list[float]] = {}
+    for text in texts:
+        for a in by_text[text]:
+            if embed_model and a.embedding_model == embed_model and a.question_vector:
+                known[text] = a.question_vector
+                break
+    missing = [t for t in texts if t not in known]
+    fresh = dict(zip(missing, np.asarray(embed(missing), dtype=np.float32), strict=True)) if missing else {}
+    return np.asarray([known[t] if t in known else fresh[t] for t in texts], dtype=np.float32)
+
+
+async def export_feedback(
+    db: Database, options: ExportOptions, embed: Embed | None = None, embed_model: str = ""
+) -> Export:
+    """Export with ``embed`` (and its model's name, to reuse question vectors from the answer log)."""
     rated, corrections, dropped = await load(db, options)
-    out = build(rated, corrections, options, embed)
+    out = build(rated, corrections, options, embed, embed_model)
     out.dropped.update(dropped)
     return out

@@ -106,6 +106,7 @@ async def run_nightly(
     config: NightlyConfig,
     *,
     embed: Callable[[Any], Any] | None = None,
+    embed_model: str = "",
     before_promote: BeforePromote | None = None,
 ) -> TrainingRun:
     db = answerer.kb.db
@@ -125,7 +126,7 @@ async def run_nightly(
     async with db.session() as s:
         s.add(run)
     try:
-        await _run(settings, answerer, config, run, embed, before_promote)
+        await _run(settings, answerer, config, run, embed, embed_model, before_promote)
     except Exception as exc:
         # The run record must say what happened, whatever it was; the caller still sees the error.
         run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -143,10 +144,13 @@ async def _run(
     config: NightlyConfig,
     run: TrainingRun,
     embed: Callable[[Any], Any] | None,
+    embed_model: str,
     before_promote: BeforePromote | None,
 ) -> None:
     db = answerer.kb.db
-    exported = await export_feedback(db, ExportOptions(since=config.since), embed=embed)
+    exported = await export_feedback(
+        db, ExportOptions(since=config.since), embed=embed, embed_model=embed_model
+    )
     pairs = list(exported.dpo)
     # SFT only when people wrote corrections; it then also includes the well-rated answers.
     corrections = list(exported.sft) if exported.made["correction"] else []

@@ -149,3 +149,32 @@ async def test_near_duplicate_questions_by_embedding(database: Database) -> None
     assert (await export_feedback(database, ExportOptions())).dpo == []  # without embeddings: two questions
     paired = await export_feedback(database, ExportOptions(similarity=0.9), embed=embed)  # type: ignore[arg-type]
     assert texts(paired.dpo) == {("20 days [1].", "Ask HR.")}
+
+
+async def test_question_vectors_from_the_answer_log_are_reused(database: Database) -> None:
+    votes = VoteLog(database)
+    up = await answer(database, "How many days of annual leave do I get?", "20 days [1].")
+    down = await answer(database, "How many annual leave days do I get?", "Ask HR.")
+    async with database.session() as s:
+        for answer_id, vector in ((up, [1.0, 0.1]), (down, [0.98, 0.12])):
+            row = await s.get(Answer, answer_id)
+            assert row is not None
+            row.question_vector, row.embedding_model = vector, "model-a"
+    await votes.vote(answer_id=up, platform="slack", voter="U1", value=1, origin="button")
+    await votes.vote(answer_id=down, platform="slack", voter="U2", value=-1, origin="button")
+
+    def must_not_embed(texts: list[str]) -> object:
+        raise AssertionError(f"embedded again: {texts}")
+
+    result = await export_feedback(database, ExportOptions(), embed=must_not_embed, embed_model="model-a")  # type: ignore[arg-type]
+    assert texts(result.dpo) == {("20 days [1].", "Ask HR.")}
+    embedded: list[str] = []
+
+    def other_model(batch: list[str]) -> object:
+        import numpy as np
+
+        embedded.extend(batch)
+        return np.array([[1.0, 0.0]] * len(batch))
+
+    await export_feedback(database, ExportOptions(), embed=other_model, embed_model="model-b")  # type: ignore[arg-type]
+    assert len(embedded) == 2  # vectors of another model are not mixed in

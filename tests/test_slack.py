@@ -110,6 +110,7 @@ async def test_mention_gets_one_threaded_answer_with_citations(env: SlackEnv) ->
         "U1",
     )
     assert answer.question == QUESTION  # the mention is stripped
+    assert answer.embedding_model == "all-MiniLM-L6-v2" and len(answer.question_vector or []) == 384
     assert answer.id in shown  # the 👍/👎 buttons carry the answer id
     assert [(m.channel, m.answer_id) for m in await rows(env, AnswerMessage)] == [("C1", answer.id)]
     assert len(env.model.requests) == 1

@@ -130,6 +130,10 @@ class Answer(Base):
     base_model: Mapped[str] = mapped_column(String(512))
     adapter_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     latency_ms: Mapped[int] = mapped_column(Integer)
+    # The question's embedding (by ``embedding_model``), made anyway while answering; the export
+    # groups near-duplicate questions with it instead of embedding them again.
+    question_vector: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+    embedding_model: Mapped[str] = mapped_column(String(512), default="")
 
 
 # --- bot/: inbound event ledger (dedupe + rate limits) and where each answer was posted ---
