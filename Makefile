@@ -42,6 +42,8 @@ bench: setup
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/answer.py
 	$(BIN)/python bench/slack_ack.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/dpo.py
 
 clean:
 	rm -rf .kbot .pytest_cache .mypy_cache .ruff_cache
