@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.local_server import serve_locally
+
 
 @dataclass
 class FakeOpenAI:
@@ -52,13 +54,6 @@ async def fake_openai_server(**kwargs: Any) -> AsyncIterator[FakeOpenAI]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/v1/load_lora_adapter", fake.load_lora)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    async with serve_locally(app) as url:
+        fake.url = f"{url}/v1"
         yield fake
-    finally:
-        await runner.cleanup()

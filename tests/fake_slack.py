@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.local_server import serve_locally
+
 BOT_USER = "UBOT"
 BOT_ID = "BBOT"
 TEAM = "T0TEAM"
@@ -129,18 +131,13 @@ async def fake_slack_server(**kwargs: Any) -> AsyncIterator[FakeSlack]:
     app = web.Application()
     app.router.add_route("*", "/api/{method}", fake.api)
     app.router.add_get("/link", fake.link)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
-        yield fake
-    finally:
-        for ws in fake._sockets:
-            await ws.close()
-        await runner.cleanup()
+    async with serve_locally(app) as url:
+        fake.url = url
+        try:
+            yield fake
+        finally:
+            for ws in fake._sockets:
+                await ws.close()
 
 
 def sign(body: str, *, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:

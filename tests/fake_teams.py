@@ -24,6 +24,8 @@ from botframework.connector.auth import (
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from tests.local_server import serve_locally
+
 APP_ID = "00000000-0000-0000-0000-00000000a11d"
 APP_PASSWORD = "test-password"
 BOT_ID = f"28:{APP_ID}"
@@ -66,15 +68,9 @@ async def fake_connector() -> AsyncIterator[FakeConnector]:
     app = web.Application()
     app.router.add_post("/v3/conversations/{conversation}/activities", fake.activities)
     app.router.add_post("/v3/conversations/{conversation}/activities/{activity}", fake.activities)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
-    try:
+    async with serve_locally(app) as url:
+        fake.url = f"{url}/"
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 @dataclass
