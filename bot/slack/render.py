@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from bot.links import source_url as links_source_url
 
 PART_LIMIT = 2900
 VOTE_UP = "kbot_vote_up"
@@ -54,26 +55,9 @@ def _prose(text: str) -> str:
 
 
 def source_url(source: str, links: Mapping[str, str]) -> str | None:
-    """A link for a citation's source: URLs as they are, paths through ``Settings.source_links``;
-    made safe to put between ``<`` and ``|`` in mrkdwn."""
-    url = None
-    if source.startswith(("https://", "http://")):
-        url = source
-    else:
-        for prefix in sorted(links, key=len, reverse=True):
-            if source.startswith(prefix):
-                url = links[prefix] + urllib.parse.quote(source[len(prefix) :])
-                break
-    if url is None:
-        return None
-    # Characters that would end the link or start another mrkdwn entity are percent-encoded.
-    return (
-        url.replace("&", "&amp;")
-        .replace("<", "%3C")
-        .replace(">", "%3E")
-        .replace("|", "%7C")
-        .replace(" ", "%20")
-    )
+    """:func:`bot.links.source_url`, made safe to put between ``<`` and ``|`` in mrkdwn."""
+    url = links_source_url(source, links)
+    return url.replace("&", "&amp;") if url else None
 
 
 def link_markers(text: str, citations: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from botbuilder.schema import Activity, ActivityTypes, Entity
 
 from agent.answering import AnswerResult
-from bot.slack.render import source_url
+from bot.links import source_url
 
 _MARK = re.compile(r"\[(\d{1,2})\]")
 
@@ -58,7 +58,7 @@ def citation_entity(citations: Sequence[Mapping[str, Any]], links: Mapping[str, 
             "abstract": _clip(str(c.get("quote") or c["source"]), 160),
         }
         if url := source_url(str(c["source"]), links):
-            appearance["url"] = url.replace("&amp;", "&")
+            appearance["url"] = url
         claims.append({"@type": "Claim", "position": int(c["n"]), "appearance": appearance})
     return AIMessageEntity(citation=claims)
 
@@ -78,9 +78,7 @@ def answer_activity(
         for c in result.citations:
             url = source_url(str(c["source"]), links)
             title = str(c.get("title") or c["source"])
-            lines.append(
-                f"[{c['n']}] [{title}]({url.replace('&amp;', '&')})" if url else f"[{c['n']}] {title}"
-            )
+            lines.append(f"[{c['n']}] [{title}]({url})" if url else f"[{c['n']}] {title}")
         text += "\n\n**Sources**\n\n" + "\n\n".join(lines)
     activity = Activity(type=ActivityTypes.message, text=text, text_format="markdown")
     if result.citations:
