@@ -30,6 +30,7 @@ run: setup
 ## test: the whole suite, SQLite and PostgreSQL, real models included
 test: setup
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -53,6 +53,8 @@ class AnswerResult:
     adapter: str | None
     latency_ms: int
     error: str = ""
+    error_kind: str = ""  # "timeout", or the KbotError subclass: the metrics' error label
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (retrieval, generation)
 
 
 def open_backend(settings: Settings) -> ModelBackend:
@@ -126,7 +128,7 @@ class Answerer:
         state: AnswerState = {}
         chosen = adapter
         adapter = None
-        error = ""
+        error = error_kind = ""
         try:
             if chosen == "active":
                 adapter_info = await self.adapters.active()
@@ -145,7 +147,7 @@ class Answerer:
                 max_new_tokens=self.settings.max_new_tokens,
             )
             config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-            initial: AnswerState = {"question": question.text}
+            initial: AnswerState = {"question": question.text, "timings": {}}
             # The graph runs in its own task under the deadline and hands over tokens by queue, so
             # the time a caller spends between tokens (posting to Slack, say) never counts against
             # the model, and a timeout can never fire inside the caller's code.
@@ -166,8 +168,10 @@ class Answerer:
                     await producer
         except TimeoutError:
             error = f"the model did not finish within {self.settings.model_timeout_s:g} s"
+            error_kind = "timeout"
         except KbotError as exc:
             error = str(exc)
+            error_kind = type(exc).__name__
         if error:
             log.warning("answer %s failed: %s", answer_id, error)
             text = ERROR_MESSAGE.format(reason=error)
@@ -181,6 +185,8 @@ class Answerer:
             adapter=adapter.version if adapter else None,
             latency_ms=int((time.perf_counter() - started) * 1000),
             error=error,
+            error_kind=error_kind,
+            timings=dict(state.get("timings", {})),
         )
         await self._log(question, state, result)
         yield result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import time
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypedDict
 
@@ -45,6 +46,8 @@ class AnswerState(TypedDict, total=False):
     # The search query's embedding, when the embedder can read it: kept in the answer log so the
     # feedback export can group near-duplicate questions without embedding them again.
     query_vector: list[float]
+    # Seconds spent per stage of this turn ("retrieval", "generation"): the server's latency metrics.
+    timings: dict[str, float]
 
 
 @dataclass(kw_only=True)
@@ -73,8 +76,10 @@ async def condense(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
 
 async def retrieve(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
     ctx = runtime.context
+    started = time.perf_counter()
     hits = await ctx.kb.search(state["search_query"], ctx.collections, ctx.groups, limit=ctx.sources * 2)
-    return {"retrieved": [asdict(h) for h in hits]}
+    timings = {**state.get("timings", {}), "retrieval": time.perf_counter() - started}
+    return {"retrieved": [asdict(h) for h in hits], "timings": timings}
 
 
 async def judge(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
@@ -106,10 +111,12 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     messages = build_messages(ctx.system_prompt, history, sources, state["question"])
     write = get_stream_writer()
     parts: list[str] = []
+    started = time.perf_counter()
     async for text in ctx.backend.stream(messages, adapter=ctx.adapter, max_new_tokens=ctx.max_new_tokens):
         parts.append(text)
         write({"token": text})
-    return {"messages": messages, "answer": "".join(parts).strip()}
+    timings = {**state.get("timings", {}), "generation": time.perf_counter() - started}
+    return {"messages": messages, "answer": "".join(parts).strip(), "timings": timings}
 
 
 async def not_found(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import timedelta
 from typing import Literal, Protocol
 
 from agent.answering import Answerer, AnswerResult, Question
+from bot import metrics
 from bot.access import Access
 from bot.ledger import ChatLedger
 from finetune.votes import VoteLog
@@ -132,6 +134,9 @@ class ChatService:
         # The top of a background task: whatever fails, the asker hears about it.
         outcome = await self._answer(message, reply)
         self.stats[outcome] += 1
+        metrics.MESSAGES.labels(message.platform, outcome).inc()
+        # Chatter kbot ignores is most of a busy channel: logged only at debug level.
+        log.log(logging.DEBUG if outcome == "ignored" else logging.INFO, "%s: %s", message.key, outcome)
         return outcome
 
     async def _answer(self, message: IncomingMessage, reply: Reply) -> Outcome:
@@ -144,9 +149,11 @@ class ChatService:
             raise
         except KbotError as exc:
             log.error("answering %s failed: %s", message.key, exc)
+            metrics.ERRORS.labels(type(exc).__name__).inc()
             reason = public_reason(exc)
         except Exception:  # last resort of a background task; logged with its traceback
             log.exception("answering %s failed", message.key)
+            metrics.ERRORS.labels("unexpected").inc()
             reason = "an unexpected error (it is in kbot's log)."
         await self._tell(message, reply, FAILED.format(reason=reason))
         return "failed"
@@ -158,6 +165,8 @@ class ChatService:
             log.exception("could not tell the asker of %s: %s", message.key, text)
 
     async def handle(self, message: IncomingMessage, reply: Reply) -> Outcome:
+        """Decide whether to answer ``message`` and answer it through ``reply``; how it ended."""
+        received = time.perf_counter()
         policy = self.access.policy(message.platform, message.channel, *message.places)
         if not policy.enabled or not message.text.strip():
             return "ignored"
@@ -191,14 +200,21 @@ class ChatService:
         )
         await reply.working()
         async with self._slots:
-            await self._stream(message, question, reply)
+            metrics.IN_FLIGHT.inc()
+            try:
+                await self._stream(message, question, reply, received)
+            finally:
+                metrics.IN_FLIGHT.dec()
         return "answered"
 
-    async def _stream(self, message: IncomingMessage, question: Question, reply: Reply) -> None:
+    async def _stream(
+        self, message: IncomingMessage, question: Question, reply: Reply, received: float
+    ) -> None:
         text = ""
         async for item in self.answerer.stream(question):
             if isinstance(item, AnswerResult):
                 ids = await reply.finish(item)
+                metrics.observe_answer(message.platform, item, time.perf_counter() - received)
                 if item.status != "error":
                     await self._remember(message, item.answer_id, ids)
             else:
@@ -230,10 +246,14 @@ class ChatService:
         """Record ``event`` in the vote log; the answer id it concerned, or None if it was not about one."""
         try:
             answer_id = await self._feedback(event)
-        except KbotError:
+        except KbotError as exc:
             self.stats["feedback_failed"] += 1
+            metrics.ERRORS.labels(type(exc).__name__).inc()
             raise
         self.stats["feedback_recorded" if answer_id else "feedback_ignored"] += 1
+        if answer_id:
+            value = str(event.value) if event.kind != "correction" else ""
+            metrics.FEEDBACK.labels(event.platform, event.kind, value).inc()
         return answer_id
 
     async def _feedback(self, event: FeedbackEvent) -> str | None:

@@ -16,8 +16,9 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from bot import learning_cli
+from bot import doctor, learning_cli
 from kbot.errors import ConfigError, KbotError
+from kbot.logs import TEXT_FORMAT, use_format
 from kbot.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -50,7 +51,9 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def _settings() -> Settings:
-    return load_settings(_state.config)
+    settings = load_settings(_state.config)
+    use_format(settings.log_format)
+    return settings
 
 
 def _run(factory: Callable[[], Awaitable[T]]) -> T:
@@ -69,9 +72,7 @@ def _root(
 ) -> None:
     _state.config = config
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format=TEXT_FORMAT, stream=sys.stderr)
 
 
 @app.command()
@@ -338,6 +339,7 @@ app.add_typer(learning_cli.train_app, name="train")
 app.add_typer(learning_cli.adapters_app, name="adapters")
 app.command("eval")(learning_cli.eval_command)
 app.command("nightly")(learning_cli.nightly_command)
+app.command("doctor")(doctor.command)
 
 
 @db_app.command("upgrade")

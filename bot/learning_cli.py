@@ -129,6 +129,7 @@ def _train(kind: str, file: Path, steps: int | None, start: str, version: str | 
                     "steps": result.steps,
                     "seconds": round(result.seconds, 1),
                     "final_loss": result.losses[-1] if result.losses else None,
+                    "losses": result.losses,  # the dashboard's loss curve
                     "config": result.config,
                 },
             )

@@ -1,8 +1,10 @@
 """``kbot serve``: one aiohttp server for every chat platform.
 
-Routes: ``GET /healthz``; ``POST /slack/events`` (Events API and interactivity) when Slack is
-configured; ``POST /api/messages`` (Teams, Bot Framework). Socket Mode replaces the Slack route
-with an outbound WebSocket for workspaces that cannot expose a URL. The web UI mounts here too.
+Routes: ``GET /healthz``; ``GET /metrics`` (Prometheus); ``POST /slack/events`` (Events API and
+interactivity) when Slack is configured; ``POST /api/messages`` (Teams, Bot Framework); the web
+UI (``/``, ``/dashboard``, ``/api/…``, see :mod:`bot.web`). Socket Mode replaces the Slack route
+with an outbound WebSocket for workspaces that cannot expose a URL. Every request gets an id
+(``X-Request-Id``, kept when the caller sent a sane one) that its log lines carry.
 """
 
 from __future__ import annotations
@@ -11,23 +13,31 @@ import asyncio
 import contextlib
 import gc
 import logging
+import re
 import signal
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from botframework.connector.auth import ServiceClientCredentialsFactory
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from agent.answering import Answerer
+from bot import metrics
 from bot.chat import ChatService
 from bot.ledger import ChatLedger
 from bot.slack.app import SlackAdapter
 from bot.teams.app import TeamsAdapter
+from bot.web.auth import AdminAuth
+from bot.web.routes import WebUI
 from finetune.votes import VoteLog
-from kbot.errors import ConfigError
+from kbot.errors import ConfigError, KbotError
+from kbot.logs import request_id
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
 
@@ -38,6 +48,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SLACK_KEY = web.AppKey("slack", SlackAdapter)
 SERVICE_KEY = web.AppKey("service", ChatService)
 TEAMS_KEY = web.AppKey("teams", TeamsAdapter)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Runtime:
     service: ChatService
     slack: SlackAdapter | None
     teams: TeamsAdapter | None
+    admin: AdminAuth
 
 
 @asynccontextmanager
@@ -87,7 +99,7 @@ async def open_runtime(
         teams = None
         if settings.teams_app_id or allow_open_teams:
             teams = TeamsAdapter(settings, service, credentials_factory=teams_credentials)
-        yield Runtime(settings, service, slack, teams)
+        yield Runtime(settings, service, slack, teams, AdminAuth(settings))
 
 
 async def _check_channel_collections(settings: Settings, kb: KnowledgeBase) -> None:
@@ -105,9 +117,11 @@ async def _check_channel_collections(settings: Settings, kb: KnowledgeBase) -> N
 
 
 def build_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2, middlewares=[_observe])
     app[SERVICE_KEY] = runtime.service
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    WebUI(runtime.settings, runtime.service, runtime.admin).mount(app)
     if runtime.slack is not None:
         app[SLACK_KEY] = runtime.slack
         app.router.add_post("/slack/events", _slack_events)
@@ -123,6 +137,48 @@ async def _healthz(request: web.Request) -> web.Response:
     if TEAMS_KEY in request.app:
         teams = "authenticated" if request.app[TEAMS_KEY].app_id else "open"
     return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app, "teams": teams})
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id for the logs (and the caller), request counts and times for /metrics."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request_id.set(rid)  # this handler's context, and every task it starts
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = rid
+        raise
+    except KbotError as exc:
+        # A failing store or model must not surface as a bare 500: say what, log the details.
+        log.error("%s %s failed: %s", request.method, request.path, exc)
+        metrics.ERRORS.labels(type(exc).__name__).inc()
+        status = 503
+        return web.json_response(
+            {"error": "A component kbot needs is not available right now; please try again later."},
+            status=503,
+            headers={"X-Request-Id": rid},
+        )
+    finally:
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    active = await request.app[SERVICE_KEY].answerer.adapters.active()
+    metrics.set_active_adapter(active.version if active else None)
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def _slack_events(request: web.Request) -> web.StreamResponse:
@@ -203,7 +259,16 @@ async def serve(
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
-        log.info("kbot listening on http://%s:%d (GET /healthz)", host, port)
+        shown = f"[{host}]" if ":" in host else host
+        log.info("kbot listening on http://%s:%d — web chat at /, metrics at /metrics", shown, port)
+        if runtime.admin.generated:
+            log.warning(
+                "dashboard: http://%s:%d/login?token=%s (a token for this run only: set "
+                "KBOT_ADMIN_TOKEN or KBOT_ADMIN_PASSWORD to keep one)",
+                shown,
+                port,
+                runtime.admin.token,
+            )
         socket_handler: Any = None
         if runtime.teams is None:
             log.warning(

@@ -208,6 +208,7 @@ async def _run(
             "rows": len(train_rows),
             "steps": trained.steps,
             "final_loss": trained.losses[-1] if trained.losses else None,
+            "losses": trained.losses,  # the dashboard's loss curve
         },
     )
     run.candidate = version

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -185,6 +185,31 @@ class Settings(BaseSettings):
         "are already URLs are linked as they are.",
     )
 
+    # --- the web UI, admin access and operations ---
+    web_chat: bool = Field(
+        default=True, description="Serve the web chat at / (answers from documents everyone may see)."
+    )
+    web_user_header: str | None = Field(
+        default=None,
+        description="Header naming the signed-in person, set by an authenticating proxy in front of kbot "
+        '(e.g. "X-Forwarded-Email" from oauth2-proxy). Set: web askers are "web:<that value>" and get '
+        "their KBOT_GROUPS; unset: web askers are anonymous and see only documents open to everyone. Set "
+        "it only when every request passes through that proxy.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Opens the dashboard (/dashboard) and admin APIs: a Bearer token, or ?token= once. "
+        "Unset (and no admin_password): `kbot serve` makes a random one and logs the login link.",
+    )
+    admin_user: str = Field(default="admin", description="User name for HTTP basic auth to the dashboard.")
+    admin_password: SecretStr | None = Field(
+        default=None, description="Password for HTTP basic auth to the dashboard (with admin_user)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description='Log lines as plain text, or "json": one object per line with the request id.',
+    )
+
     @field_validator("model_backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
@@ -202,7 +227,9 @@ class Settings(BaseSettings):
     def _check_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
             if key != "*" and not _SCOPE_KEY.match(key):
-                raise ValueError(f'key {key!r} must look like "slack:C0123", "teams:<id>", "slack:*" or "*"')
+                raise ValueError(
+                    f'key {key!r} must look like "slack:C0123", "teams:<id>", "web:<id>", "slack:*" or "*"'
+                )
         return value
 
     @field_validator("qdrant_collection")

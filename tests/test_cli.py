@@ -6,18 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import EXAMPLES
-
-KBOT = [sys.executable, "-c", "from bot.cli import main; main()"]
-
-
-def kbot(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+from tests.kbot_process import KBOT, free_port, kbot
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +119,6 @@ async def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 
     raise AssertionError("kbot serve did not come up")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
     workdir: tuple[Path, dict[str, str]], base_model_dir: str
@@ -146,7 +132,7 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
 
     cwd, env = workdir
     env = {**env, "KBOT_BASE_MODEL": base_model_dir, "KBOT_MAX_NEW_TOKENS": "24"}
-    port = _free_port()
+    port = free_port()
     off = subprocess.Popen(
         [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
     )

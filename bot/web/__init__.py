@@ -1,0 +1,6 @@
+"""The web UI: a chat page at ``/`` and an admin dashboard, served by ``kbot serve``.
+
+No build step: plain HTML, CSS and ES modules under ``static/``, charts drawn as SVG by
+``static/charts.js``. ``chat.py`` is the web platform's adapter, ``insights.py`` the dashboard's
+queries, ``auth.py`` admin and visitor identity.
+"""

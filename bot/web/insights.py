@@ -1,0 +1,157 @@
+"""What the dashboard shows, read from the answer log, the vote log and the training runs.
+
+Aggregation happens in SQL where both SQLite and PostgreSQL can do it (``date()`` of a UTC
+timestamp, counts); citations are JSON lists and are counted here, over the window's answers.
+Evaluation answers (platform ``eval``) are the learning loop talking to itself: never counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import case, func, select
+
+from kbot.db import Database
+from kbot.db.models import Adapter, Answer, TrainingRun, Vote
+
+EVAL_PLATFORM = "eval"
+
+
+@dataclass
+class Insights:
+    days: int
+    since: str
+    answers_per_day: list[dict[str, Any]] = field(default_factory=list)  # {day, platform, answers}
+    satisfaction: list[dict[str, Any]] = field(default_factory=list)  # {day, adapter, up, down, rate}
+    by_adapter: list[dict[str, Any]] = field(default_factory=list)  # {adapter, up, down, rate, answers}
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # {question, asked, last, status}
+    top_documents: list[dict[str, Any]] = field(default_factory=list)  # {source, title, citations}
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    loss_curves: list[dict[str, Any]] = field(default_factory=list)  # {adapter, active, losses}
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rate(up: int, down: int) -> float | None:
+    return round(up / (up + down), 4) if up + down else None
+
+
+async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -> Insights:
+    since = (now or datetime.now(UTC)) - timedelta(days=days)
+    out = Insights(days=days, since=since.isoformat(timespec="seconds"))
+    day = func.date(Answer.created_at)
+    recent = (Answer.created_at >= since, Answer.platform != EVAL_PLATFORM)
+    up = func.sum(case((Vote.value > 0, 1), else_=0))
+    down = func.sum(case((Vote.value < 0, 1), else_=0))
+    adapter = func.coalesce(Answer.adapter_version, "base")
+    async with db.session() as s:
+        per_day = select(day, Answer.platform, func.count()).where(*recent).group_by(day, Answer.platform)
+        rows = await s.execute(per_day.order_by(day))
+        out.answers_per_day = [{"day": str(d), "platform": p, "answers": n} for d, p, n in rows]
+
+        # Votes count on the day of the answer they judge, under the adapter that wrote it.
+        rows = await s.execute(
+            select(day, adapter, up, down)
+            .join(Vote, Vote.answer_id == Answer.id)
+            .where(*recent)
+            .group_by(day, adapter)
+            .order_by(day)
+        )
+        out.satisfaction = [
+            {"day": str(d), "adapter": a, "up": int(u), "down": int(n), "rate": _rate(int(u), int(n))}
+            for d, a, u, n in rows
+        ]
+        voted = (
+            select(adapter.label("adapter"), up.label("up"), down.label("down"))
+            .join(Vote, Vote.answer_id == Answer.id)
+            .where(*recent)
+            .group_by(adapter)
+        )
+        answered = dict(
+            (await s.execute(select(adapter, func.count()).where(*recent).group_by(adapter))).all()
+        )
+        votes_by = {a: (int(u), int(n)) for a, u, n in await s.execute(voted)}
+        out.by_adapter = [
+            {
+                "adapter": a,
+                "answers": answered.get(a, 0),
+                "up": votes_by.get(a, (0, 0))[0],
+                "down": votes_by.get(a, (0, 0))[1],
+                "rate": _rate(*votes_by.get(a, (0, 0))),
+            }
+            for a in sorted(set(answered) | set(votes_by))
+        ]
+
+        rows = await s.execute(
+            select(Answer.question, Answer.status, func.count(), func.max(Answer.created_at))
+            .where(*recent, Answer.status.in_(("not_found", "error")))
+            .group_by(Answer.question, Answer.status)
+            .order_by(func.count().desc(), func.max(Answer.created_at).desc())
+            .limit(25)
+        )
+        out.gaps = [{"question": q, "status": st, "asked": n, "last": _iso(last)} for q, st, n, last in rows]
+
+        cited: Counter[tuple[str, str]] = Counter()
+        for (citations,) in await s.execute(select(Answer.citations).where(*recent, Answer.status == "ok")):
+            for c in citations or []:
+                cited[(str(c.get("source", "")), str(c.get("title", "")))] += 1
+        out.top_documents = [
+            {"source": src, "title": title, "citations": n} for (src, title), n in cited.most_common(15)
+        ]
+
+        runs = await s.scalars(select(TrainingRun).order_by(TrainingRun.started_at.desc()).limit(20))
+        out.runs = [_run(r) for r in runs]
+
+        adapters = (await s.scalars(select(Adapter).order_by(Adapter.created_at.desc()).limit(8))).all()
+        out.loss_curves = [
+            {"adapter": a.version, "active": a.active, "losses": _losses(a)} for a in reversed(adapters)
+        ]
+
+        total_answers = await s.scalar(select(func.count()).select_from(Answer).where(*recent))
+        total = (await s.execute(select(up, down).select_from(Vote).join(Answer).where(*recent))).one()
+    out.totals = {
+        "answers": int(total_answers or 0),
+        "up": int(total[0] or 0),
+        "down": int(total[1] or 0),
+        "rate": _rate(int(total[0] or 0), int(total[1] or 0)),
+        "gaps": sum(g["asked"] for g in out.gaps),
+    }
+    return out
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else value
+
+
+def _run(run: TrainingRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "started_at": _iso(run.started_at),
+        "status": run.status,
+        "candidate": run.candidate,
+        "decision": run.decision,
+        "error": run.error,
+        "seconds": run.seconds,
+        "counts": run.counts,
+        "metrics": run.metrics,
+    }
+
+
+def _losses(adapter: Adapter) -> list[float]:
+    """The loss per logged step: from the registry, else from the adapter's training log on disk."""
+    losses = adapter.training.get("losses")
+    if isinstance(losses, list):
+        return [float(x) for x in losses]
+    log_file = Path(adapter.path) / "training_log.json"
+    try:
+        history = json.loads(log_file.read_text(encoding="utf-8")).get("log", [])
+    except (OSError, ValueError):
+        return []  # an adapter from elsewhere, or files moved: no curve, the rest still shows
+    return [float(h["loss"]) for h in history if isinstance(h, dict) and "loss" in h]
