@@ -19,13 +19,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-## run: set up, then ingest the example handbook and ask it questions, all embedded
+## run: set up, ingest the example handbook, then serve the web chat on http://127.0.0.1:8080
 run: setup
 	$(BIN)/kbot ingest examples/handbook --collection handbook
-	$(BIN)/kbot collections
-	$(BIN)/kbot search "How many days of annual leave do I get?" --collection handbook -k 2
-	$(BIN)/kbot search "婚假可以請幾天？" --collection handbook -k 2
-	$(BIN)/kbot ask "How many days of sick leave do I get?" --collection handbook
+	$(BIN)/kbot search "婚假可以請幾天？" --collection handbook -k 1
+	@echo "Open http://127.0.0.1:8080 and ask; the dashboard link is logged below. Ctrl-C stops."
+	$(BIN)/kbot serve
 
 ## test: the whole suite, SQLite and PostgreSQL, real models included
 test: setup
