@@ -128,6 +128,8 @@ def _ask(page: Any, question: str) -> Any:
 
 def test_ask_stream_cite_vote_and_suggest(server: dict[str, Any], browser: Any) -> None:
     page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(server["url"] + "/")
     bubble, growth = _ask(page, "How many days of sick leave do I get?")
     assert growth >= 2, "the answer appeared at once instead of streaming"
@@ -156,6 +158,7 @@ def test_ask_stream_cite_vote_and_suggest(server: dict[str, Any], browser: Any) 
         ]
     assert votes == [(1, "web")]
     assert corrections == ["Ten days of paid sick leave per year [1]."]
+    assert errors == []
     page.close()
 
 
@@ -169,8 +172,28 @@ def test_web_visitors_never_see_the_hr_only_document(server: dict[str, Any], bro
 
 
 def test_dashboard_signs_in_and_its_charts_follow_votes(server: dict[str, Any], browser: Any) -> None:
+    # A trained adapter and a nightly run, as `kbot nightly` leaves them, for the learning charts.
+    with sqlite3.connect(server["log"].parent / "state" / "kbot.db") as db:
+        db.execute(
+            "INSERT INTO adapters (version, base_model, path, active, training, scores, created_at)"
+            " VALUES ('dpo-test', 'm', '/nowhere', 0, ?, '{}', '2026-11-22 01:00:00.000000')",
+            (json.dumps({"losses": [0.69, 0.55, 0.41]}),),
+        )
+        db.execute(
+            "INSERT INTO training_runs (started_at, status, inputs, counts, metrics, candidate, decision,"
+            " error) VALUES ('2026-11-22 02:00:00.000000', 'kept', '{}', ?, ?, 'dpo-test', ?, '')",
+            (
+                json.dumps({"pairs": 12, "train_pairs": 10}),
+                json.dumps(
+                    {"candidate": {"preference_accuracy": 0.6}, "against": {"preference_accuracy": 0.7}}
+                ),
+                "base stays active: preference accuracy dropped",
+            ),
+        )
     context = browser.new_context()
     dashboard = context.new_page()
+    errors: list[str] = []
+    dashboard.on("pageerror", lambda exc: errors.append(str(exc)))
     dashboard.goto(server["url"] + "/dashboard")
     dashboard.wait_for_selector("#login:not([hidden])")
     dashboard.fill("#token", TOKEN)
@@ -196,7 +219,11 @@ def test_dashboard_signs_in_and_its_charts_follow_votes(server: dict[str, Any], 
     assert dashboard.locator("#chart-answers svg rect[data-series='web']").count() >= 1
     assert dashboard.locator("#chart-documents svg rect").count() >= 1  # most-cited documents
     assert dashboard.locator("#chart-satisfaction svg circle").count() >= 1
+    assert dashboard.locator("#chart-loss svg path[data-series='dpo-test']").count() == 1
+    assert dashboard.locator("#chart-runs svg circle").count() == 2  # candidate and active, one run
+    assert "preference accuracy dropped" in dashboard.locator("#runs").inner_text()
     assert CANARY not in dashboard.content()
+    assert errors == []
     _shot(dashboard, "dashboard")
     context.close()
 
