@@ -11,6 +11,9 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
+// Dates as "11-22" on the axis; any other label as it is.
+const short = (label) => (/^\d{4}-\d\d-\d\d$/.test(String(label)) ? String(label).slice(5) : String(label));
+
 function tip(node, text) {
   node.append(svg("title", {}, text));
   return node;
@@ -81,7 +84,7 @@ export function barChart(target, { labels, series, stacked = false, format = Str
     });
     if (labels.length <= 16 || i % Math.ceil(labels.length / 16) === 0) {
       root.append(svg("text", { x: left + slot * (i + 0.5), y: H - bottom + 16, "text-anchor": "middle" },
-        String(label).slice(5) || label));
+        short(label)));
     }
   });
   target.replaceChildren(root, legend(series));
@@ -112,7 +115,7 @@ export function lineChart(target, { labels, series, max, format = String, emptyT
   xs.forEach((x, i) => {
     if (i % every === 0) {
       root.append(svg("text", { x: xAt(x), y: H - bottom + 16, "text-anchor": "middle" },
-        typeof x === "string" ? x.slice(5) : String(x)));
+        short(x)));
     }
   });
   target.replaceChildren(root, legend(series));
