@@ -179,6 +179,11 @@ async def test_dashboard_needs_the_admin(env: SlackEnv) -> None:
     assert login.status == 302 and login.headers["Location"] == "/dashboard"
     session = login.cookies["kbot_admin"]
     assert TOKEN not in session.value and session["httponly"]
+    assert not session["secure"]
+    behind_tls = await env.client.get(
+        f"/login?token={TOKEN}", allow_redirects=False, headers={"X-Forwarded-Proto": "https"}
+    )
+    assert behind_tls.cookies["kbot_admin"]["secure"]  # TLS ends at the proxy: still a Secure cookie
     ok = await env.client.get("/api/dashboard", cookies={"kbot_admin": session.value})
     assert ok.status == 200 and (await ok.json())["days"] == 30
     forged = await env.client.get("/api/dashboard", cookies={"kbot_admin": "0" * 64})

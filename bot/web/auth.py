@@ -73,10 +73,17 @@ class AdminAuth:
         if not (self.token and given and hmac.compare_digest(given.encode(), self.token.encode())):
             self.require(request)  # basic auth or an existing session still get through
         response = web.HTTPFound("/dashboard")
+        secure = is_https(request)
         response.set_cookie(
-            SESSION_COOKIE, self._session, httponly=True, samesite="Strict", secure=request.secure, path="/"
+            SESSION_COOKIE, self._session, httponly=True, samesite="Strict", secure=secure, path="/"
         )
         raise response
+
+
+def is_https(request: web.Request) -> bool:
+    """Whether the browser talks https, also where a TLS-terminating proxy says so: the cookies
+    are then marked Secure. (A forged header only keeps the forger's own cookie from coming back.)"""
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
 def web_user(request: web.Request, settings: Settings) -> tuple[str, str | None]:

@@ -23,7 +23,7 @@ from aiohttp import web
 from agent.answering import AnswerResult
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.links import source_url
-from bot.web.auth import set_visitor_cookie, web_user
+from bot.web.auth import is_https, set_visitor_cookie, web_user
 from kbot.errors import KbotError
 from kbot.settings import Settings
 
@@ -119,7 +119,7 @@ class WebChat:
             }
         )
         if new_cookie:
-            set_visitor_cookie(response, new_cookie, secure=request.secure)
+            set_visitor_cookie(response, new_cookie, secure=is_https(request))
         await response.prepare(request)
         reply = WebReply(response, self.settings)
         if truncated:
