@@ -185,6 +185,11 @@ async def test_openai_backend_streams_and_loads_adapters_at_runtime(
         assert kinds[-2:] == ["load_lora_adapter", "chat"]
         assert fake.requests[-2][1] == {"lora_name": "v7", "lora_path": str((tmp_path / "v7").resolve())}
         assert fake.requests[-1][1]["model"] == "v7"
+
+        fake.adapters.clear()  # vLLM restarted: runtime-loaded adapters are gone
+        again = await a.ask(Question("How many days of sick leave do I get?", ["hr"]))
+        assert again.status == "ok" and again.adapter == "v7"
+        assert [k for k, _ in fake.requests][-3:] == ["chat", "load_lora_adapter", "chat"]
         await a.close()
         await backend.close()
 

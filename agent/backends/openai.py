@@ -57,18 +57,28 @@ class OpenAIBackend:
             "stream": True,
         }
         try:
-            async with self._client.stream("POST", f"{self._base}/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    detail = (await response.aread()).decode(errors="replace")[:300]
-                    raise ModelError(f"The model server answered {response.status_code}: {detail}")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+            for attempt in (1, 2):
+                async with self._client.stream(
+                    "POST", f"{self._base}/chat/completions", json=body
+                ) as response:
+                    if response.status_code == 404 and adapter is not None and attempt == 1:
+                        # The server restarted and forgot its runtime-loaded adapters: load it again.
+                        await response.aread()
+                        self._loaded.discard(adapter.version)
+                        await self.load_adapter(adapter)
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    if text := _delta_text(data):
-                        yield text
+                    if response.status_code >= 400:
+                        detail = (await response.aread()).decode(errors="replace")[:300]
+                        raise ModelError(f"The model server answered {response.status_code}: {detail}")
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        if text := _delta_text(data):
+                            yield text
+                    return
         except httpx.HTTPError as exc:
             raise ModelError(f"The model server at {self._base} failed: {exc!r}") from exc
 
