@@ -39,6 +39,8 @@ class FakeSlack:
     failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     # (channel, ts) -> reaction name -> users: what reactions.get reports, set by tests
     reactions: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
+    # tokens answered {"ok": false, "error": "invalid_auth"}, as Slack answers revoked or mistyped ones
+    revoked: set[str] = field(default_factory=set)
     url: str = ""
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -58,6 +60,8 @@ class FakeSlack:
         params = {k: _maybe_json(v) for k, v in params.items()}
         params["_token"] = request.headers.get("Authorization", "")
         self.calls.append(Call(method, params))
+        if params["_token"].removeprefix("Bearer ") in self.revoked:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
         if self.failures.get(method):
             status, headers = self.failures[method].pop(0)
             return web.json_response({"ok": False, "error": "ratelimited"}, status=status, headers=headers)
