@@ -24,7 +24,7 @@ from agent.answer_log import record_answer
 from agent.backends import AdapterRef, ModelBackend
 from agent.graph import AnswerContext, AnswerState, build_graph
 from kbot.db.models import Answer
-from kbot.errors import KbotError
+from kbot.errors import KbotError, public_reason
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
 
@@ -167,14 +167,14 @@ class Answerer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
         except TimeoutError:
-            error = f"the model did not finish within {self.settings.model_timeout_s:g} s"
+            error = public = f"the model did not finish within {self.settings.model_timeout_s:g} s."
             error_kind = "timeout"
         except KbotError as exc:
-            error = str(exc)
+            error, public = str(exc), public_reason(exc)
             error_kind = type(exc).__name__
         if error:
             log.warning("answer %s failed: %s", answer_id, error)
-            text = ERROR_MESSAGE.format(reason=error)
+            text = ERROR_MESSAGE.format(reason=public)
             yield text
         result = AnswerResult(
             answer_id=answer_id,
@@ -259,14 +259,35 @@ def _checkpointer(settings: Settings) -> Any:
 
     url = make_url(settings.sql_url)
     if url.get_backend_name() == "postgresql":
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return _setup(AsyncPostgresSaver.from_conn_string(conninfo))
+        return _setup(_postgres_saver(conninfo))
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return _setup(AsyncSqliteSaver.from_conn_string(str(settings.data_dir / "conversations.db")))
+
+
+@contextlib.asynccontextmanager
+async def _postgres_saver(conninfo: str) -> AsyncIterator[Any]:
+    """LangGraph's PostgreSQL saver on a pool that checks connections before use: after a
+    database restart or outage the next answer reconnects, where a single connection would
+    stay broken until kbot restarts."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=8,
+        timeout=10,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        # What the saver needs of its connections (see AsyncPostgresSaver.from_conn_string).
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row, "connect_timeout": 5},
+    )
+    async with pool:
+        yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
 
 
 class _setup:

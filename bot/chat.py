@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Literal, Protocol
 
@@ -22,8 +22,9 @@ from agent.answering import Answerer, AnswerResult, Question
 from bot import metrics
 from bot.access import Access
 from bot.ledger import ChatLedger
+from bot.spool import FeedbackSpool
 from finetune.votes import VoteLog
-from kbot.errors import AgentError, ChatError, KbotError, KnowledgeError, StoreError
+from kbot.errors import KbotError, StoreError, public_reason
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,7 @@ RATE_LIMITED = (
 NO_DOCUMENTS = "I have no documents to answer from yet. Ask an admin to add some with `kbot ingest`."
 FAILED = "Sorry, something went wrong on my side and I could not answer: {reason} Please try again later."
 RESTARTED = "Sorry, I was restarted before I could finish this answer. Please ask again."
-# What the asker is told; the full error, with hosts and causes, goes to the log only.
-PUBLIC_REASONS: tuple[tuple[type[KbotError], str], ...] = (
-    (StoreError, "my database is not available right now."),
-    (ChatError, "the chat service did not accept my reply."),
-    (KnowledgeError, "my document search is not available right now."),
-    (AgentError, "the language model is not available right now."),
-)
-
-
-def public_reason(exc: KbotError) -> str:
-    """What a chat user may read about a failure (hosts and causes stay in the log)."""
-    return next((text for kind, text in PUBLIC_REASONS if isinstance(exc, kind)), str(exc))
-
-
+SPOOLED = "spooled"  # what feedback() returns for an event kept on disk until the store is back
 Resolver = Callable[[str], Awaitable[tuple[str, ...]]]
 Outcome = Literal["answered", "ignored", "duplicate", "rate_limited", "failed"]
 
@@ -110,6 +98,8 @@ class ChatService:
     answerer: Answerer
     ledger: ChatLedger
     votes: VoteLog
+    # Where feedback waits while the SQL store is down; None: such feedback fails instead.
+    spool: FeedbackSpool | None = None
     access: Access = field(init=False)
     # How questions and feedback ended, by outcome: the server's counters (and what tests wait on).
     stats: Counter[str] = field(init=False, default_factory=Counter)
@@ -243,21 +233,64 @@ class ChatService:
         )
 
     async def feedback(self, event: FeedbackEvent) -> str | None:
-        """Record ``event`` in the vote log; the answer id it concerned, or None if it was not about one."""
+        """Record ``event`` in the vote log: the answer id it concerned, None if it was not about
+        one, or :data:`SPOOLED` when the SQL store is down and it waits on disk to be written."""
+        if self.spool is not None and self.spool.pending:
+            return self._keep(event)  # behind what already waits, so the last word stays last
         try:
             answer_id = await self._feedback(event)
+        except StoreError as exc:
+            if self.spool is None:
+                self._failed(exc)
+                raise
+            log.warning("the SQL store failed; feedback waits on disk: %s", exc)
+            return self._keep(event)
         except KbotError as exc:
-            self.stats["feedback_failed"] += 1
-            metrics.ERRORS.labels(type(exc).__name__).inc()
+            self._failed(exc)
             raise
+        self._recorded(event, answer_id)
+        return answer_id
+
+    def _failed(self, exc: KbotError) -> None:
+        self.stats["feedback_failed"] += 1
+        metrics.ERRORS.labels(type(exc).__name__).inc()
+
+    def _recorded(self, event: FeedbackEvent, answer_id: str | None) -> None:
         self.stats["feedback_recorded" if answer_id else "feedback_ignored"] += 1
         if answer_id:
             value = str(event.value) if event.kind != "correction" else ""
             metrics.FEEDBACK.labels(event.platform, event.kind, value).inc()
-        return answer_id
 
-    async def _feedback(self, event: FeedbackEvent) -> str | None:
-        if event.key and not await self.ledger.claim(event.key, platform=event.platform, actor=event.user):
+    def _keep(self, event: FeedbackEvent) -> str:
+        assert self.spool is not None
+        try:
+            self.spool.put(asdict(event))
+        except OSError as exc:
+            raise StoreError(f"The SQL store is down and feedback could not be kept on disk: {exc}") from exc
+        self.stats["feedback_spooled"] += 1
+        metrics.FEEDBACK_WAITING.set(self.spool.pending)
+        return SPOOLED
+
+    async def flush_feedback(self) -> int:
+        """Write the feedback waiting on disk, if the store answers again; how many were written."""
+        if self.spool is None or not self.spool.pending:
+            return 0
+        written = await self.spool.replay(self._replay)
+        metrics.FEEDBACK_WAITING.set(self.spool.pending)
+        return written
+
+    async def _replay(self, data: dict[str, object]) -> None:
+        event = FeedbackEvent(**data)  # type: ignore[arg-type]
+        # No dedupe claim: the platform's retries were answered when it was kept, and
+        # writing a vote twice changes nothing.
+        self._recorded(event, await self._feedback(event, claim=False))
+
+    async def _feedback(self, event: FeedbackEvent, *, claim: bool = True) -> str | None:
+        if (
+            claim
+            and event.key
+            and not await self.ledger.claim(event.key, platform=event.platform, actor=event.user)
+        ):
             return None
         answer_id = event.answer_id or await self.ledger.answer_for_message(
             platform=event.platform, channel=event.channel, message_id=event.message_id

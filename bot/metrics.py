@@ -94,6 +94,11 @@ ACTIVE_ADAPTER = Gauge(
     ["version"],
     registry=REGISTRY,
 )
+FEEDBACK_WAITING = Gauge(
+    "kbot_feedback_waiting",
+    "Feedback kept on disk while the SQL store is down, not yet written.",
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge("kbot_answers_in_flight", "Answers being worked on now.", registry=REGISTRY)
 
 

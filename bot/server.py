@@ -32,6 +32,7 @@ from bot import metrics
 from bot.chat import ChatService
 from bot.ledger import ChatLedger
 from bot.slack.app import SlackAdapter
+from bot.spool import FeedbackSpool
 from bot.teams.app import TeamsAdapter
 from bot.web.auth import AdminAuth
 from bot.web.routes import WebUI
@@ -43,6 +44,7 @@ from knowledge.base import KnowledgeBase
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 3600.0
+SPOOL_RETRY_S = 2.0  # how soon feedback kept during a database outage is written once it is back
 DRAIN_S = 30.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SLACK_KEY = web.AppKey("slack", SlackAdapter)
@@ -93,9 +95,12 @@ async def open_runtime(
         gc.freeze()
         db = answerer.kb.db
         await _check_channel_collections(settings, answerer.kb)
-        service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db))
+        spool = FeedbackSpool(settings.data_dir / "spool" / "feedback.jsonl")
+        service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db), spool)
         stack.push_async_callback(service.drain, DRAIN_S)
         slack = SlackAdapter(settings, service) if settings.slack_enabled else None
+        if slack is not None:
+            await slack.warm_up()
         teams = None
         if settings.teams_app_id or allow_open_teams:
             teams = TeamsAdapter(settings, service, credentials_factory=teams_credentials)
@@ -129,6 +134,7 @@ def build_app(runtime: Runtime) -> web.Application:
         app[TEAMS_KEY] = runtime.teams
         app.router.add_post("/api/messages", runtime.teams.handle)
     app.cleanup_ctx.append(_housekeeping)
+    app.cleanup_ctx.append(_flush_feedback)
     return app
 
 
@@ -208,6 +214,28 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _flush_feedback(app: web.Application) -> AsyncIterator[None]:
+    """Write feedback kept on disk during a database outage (and any left by the last run)."""
+    service = app[SERVICE_KEY]
+
+    async def loop() -> None:
+        while True:
+            try:
+                await service.flush_feedback()
+            except Exception:
+                log.exception("writing waiting feedback failed; will try again")
+            await asyncio.sleep(SPOOL_RETRY_S)
+
+    task = asyncio.create_task(loop(), name="flush feedback")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # One last try on the way out; whatever still waits stays on disk for the next start.
+    with contextlib.suppress(KbotError):
+        await service.flush_feedback()
 
 
 def parse_time_of_day(at: str) -> tuple[int, int]:

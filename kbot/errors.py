@@ -100,3 +100,18 @@ class ChatError(KbotError):
 
 class FeedbackError(KbotError):
     """Feedback names an answer kbot does not know, or is malformed."""
+
+
+# What a chat user may read about a failure: hosts, URLs and causes stay in the log.
+_PUBLIC_REASONS: tuple[tuple[type[KbotError], str], ...] = (
+    (StoreError, "my database is not available right now."),
+    (ChatError, "the chat service did not accept my reply."),
+    (VectorStoreError, "my document search is not available right now."),
+    (EmbeddingError, "my document search is not available right now."),
+    (AgentError, "the language model is not available right now."),
+)
+
+
+def public_reason(exc: KbotError) -> str:
+    """The failure in words for the person asking; the error's own sentence where it is theirs to act on."""
+    return next((text for kind, text in _PUBLIC_REASONS if isinstance(exc, kind)), str(exc))

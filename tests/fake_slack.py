@@ -41,6 +41,7 @@ class FakeSlack:
     reactions: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
     # tokens answered {"ok": false, "error": "invalid_auth"}, as Slack answers revoked or mistyped ones
     revoked: set[str] = field(default_factory=set)
+    delay_s: float = 0.0  # every call answers this late: a slow Slack
     url: str = ""
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -60,6 +61,7 @@ class FakeSlack:
         params = {k: _maybe_json(v) for k, v in params.items()}
         params["_token"] = request.headers.get("Authorization", "")
         self.calls.append(Call(method, params))
+        await asyncio.sleep(self.delay_s)
         if params["_token"].removeprefix("Bearer ") in self.revoked:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         if self.failures.get(method):

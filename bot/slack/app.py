@@ -23,17 +23,20 @@ import re
 from typing import Any, Literal
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.slack import render
@@ -47,9 +50,10 @@ PLATFORM = "slack"
 VOTE_REACTIONS = {"+1": 1, "thumbsup": 1, "-1": -1, "thumbsdown": -1}
 # Message subtypes that are a person writing; the rest are edits, joins, bots, deletions…
 _PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
-_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+# No "<" inside a match: Slack escapes it in text, and scanning past one makes these quadratic.
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>")
 _LINK = re.compile(
-    r"<(https?://[^|>]+)\|([^>]+)>|<(https?://[^>]+)>|<#C\w+\|([^>]*)>|<!(here|channel|everyone)>"
+    r"<(https?://[^|<>]+)\|([^<>]+)>|<(https?://[^<>]+)>|<#C\w+\|([^<>]*)>|<!(here|channel|everyone)>"
 )
 
 
@@ -81,7 +85,7 @@ def mentions(text: str) -> set[str]:
 def clean_text(text: str, bot_user_id: str | None) -> str:
     """A Slack message as the question it asks: kbot's mention gone, links and entities readable."""
     if bot_user_id:
-        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^<>]*)?>", " ", text)
 
     def readable(m: re.Match[str]) -> str:
         if m.group(1):
@@ -122,9 +126,16 @@ class SlackAdapter:
         self.directory = SlackDirectory(self.client, service.access.group_ids(PLATFORM, "S"))
         service.resolvers[PLATFORM] = self.directory.usergroups_of
         self.budget = UpdateBudget()
+        self._identity: AsyncSlackResponse | None = None
+
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            # A plain function: bolt passes arguments by parameter name (a method's self confuses it).
+            return await self._authorize()
+
         self.app = AsyncApp(
             signing_secret=settings.slack_signing_secret.get_secret_value(),
             client=self.client,
+            authorize=authorize,
             process_before_response=False,
             logger=logging.getLogger("kbot.slack.bolt"),
         )
@@ -139,6 +150,23 @@ class SlackAdapter:
         self.app.view(render.CORRECTION_VIEW)(self.on_correction)
 
     # --- questions ---
+
+    async def _authorize(self) -> AuthorizeResult:
+        """Who kbot is in the workspace, from one auth.test: bolt would otherwise call it inside
+        the first request, and a slow Slack would then delay that request's ack."""
+        if self._identity is None:
+            self._identity = await self.client.auth_test()
+        token = self.client.token or ""
+        return AuthorizeResult.from_auth_test_response(
+            auth_test_response=self._identity, bot_token=token, user_token=None
+        )
+
+    async def warm_up(self) -> None:
+        """Learn kbot's identity before the first event (a failure here is retried on that event)."""
+        try:
+            await self._authorize()
+        except (SlackApiError, OSError, TimeoutError) as exc:
+            log.warning("Slack's auth.test failed at start (%s); trying again on the first event", exc)
 
     async def on_mention(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext

@@ -32,9 +32,9 @@ from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 from botframework.connector.auth import ServiceClientCredentialsFactory
 from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 
-from bot.chat import ChatService, FeedbackEvent, IncomingMessage, public_reason
+from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.teams.reply import TeamsReply
-from kbot.errors import KbotError
+from kbot.errors import KbotError, public_reason
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)

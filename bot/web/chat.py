@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.answering import AnswerResult
-from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.chat import SPOOLED, ChatService, FeedbackEvent, IncomingMessage
 from bot.links import source_url
 from bot.web.auth import is_https, set_visitor_cookie, web_user
 from kbot.errors import KbotError
@@ -177,6 +177,8 @@ class WebChat:
             )
         if recorded is None:
             raise web.HTTPNotFound(text="No answer with this id was shown to you.")
+        if recorded == SPOOLED:  # the database is down: kept, and written when it is back
+            return web.json_response({"recorded": True, "queued": True, "answer_id": answer_id}, status=202)
         return web.json_response({"recorded": True, "answer_id": recorded})
 
 

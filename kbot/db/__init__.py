@@ -39,9 +39,14 @@ class Database:
         if self.url.get_backend_name() == "sqlite":
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            # How long a write waits for another writer: long enough for kbot's own short
+            # transactions, short enough that a file locked by something else is reported to
+            # the asker in seconds.
+            kwargs["connect_args"] = {"timeout": 5}
         else:
             kwargs["pool_pre_ping"] = True
+            # An unreachable server fails the request in seconds instead of hanging it.
+            kwargs["connect_args"] = {"connect_timeout": 5}
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

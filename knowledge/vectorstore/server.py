@@ -33,7 +33,11 @@ class QdrantServerStore:
         if url == ":memory:":
             self._client = AsyncQdrantClient(location=":memory:")
         else:
-            self._client = AsyncQdrantClient(url=url, api_key=api_key, timeout=timeout)
+            # No version probe at construction: it runs in the background and only warns, noisily,
+            # when the server is down (`kbot doctor` reports that plainly instead).
+            self._client = AsyncQdrantClient(
+                url=url, api_key=api_key, timeout=timeout, check_compatibility=False
+            )
         self._ready = False
 
     async def prepare(self, dimension: int) -> None:
