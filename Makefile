@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/slack_ack.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/dpo.py
+	$(BIN)/python bench/reliability.py
 
 clean:
 	rm -rf .kbot .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Literal, Protocol
@@ -25,6 +26,7 @@ from bot.ledger import ChatLedger
 from bot.spool import FeedbackSpool
 from finetune.votes import VoteLog
 from kbot.errors import KbotError, StoreError, public_reason
+from kbot.locks import TaskLock
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ class ChatService:
     # questions that will be answered, inside the task that reports failures.
     resolvers: dict[str, Resolver] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[Outcome]] = field(init=False, default_factory=set)
+    # One lock per person giving feedback, so their events are handled in the order they came.
+    _people: dict[tuple[str, str], tuple[TaskLock, int]] = field(init=False, default_factory=dict)
     _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -232,9 +236,31 @@ class ChatService:
             platform=message.platform, channel=message.channel, thread=message.thread, asker=message.user
         )
 
+    @asynccontextmanager
+    async def one_at_a_time(self, platform: str, user: str) -> AsyncIterator[None]:
+        """Handle one person's feedback in arrival order: a later vote must not be written before
+        an earlier one that is still waiting for the database. Adapters that read state to
+        decide the vote (Slack's reactions) hold it across that read too."""
+        key = (platform, user)
+        lock, users = self._people.get(key) or (TaskLock(), 0)
+        self._people[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._people[key]
+            if users == 1:
+                del self._people[key]
+            else:
+                self._people[key] = (lock, users - 1)
+
     async def feedback(self, event: FeedbackEvent) -> str | None:
         """Record ``event`` in the vote log: the answer id it concerned, None if it was not about
         one, or :data:`SPOOLED` when the SQL store is down and it waits on disk to be written."""
+        async with self.one_at_a_time(event.platform, event.user):
+            return await self._feedback_in_turn(event)
+
+    async def _feedback_in_turn(self, event: FeedbackEvent) -> str | None:
         if self.spool is not None and self.spool.pending:
             return self._keep(event)  # behind what already waits, so the last word stays last
         try:

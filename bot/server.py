@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from botframework.connector.auth import ServiceClientCredentialsFactory
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -31,6 +32,7 @@ from agent.answering import Answerer
 from bot import metrics
 from bot.chat import ChatService
 from bot.ledger import ChatLedger
+from bot.slack import payload as slack_payload
 from bot.slack.app import SlackAdapter
 from bot.spool import FeedbackSpool
 from bot.teams.app import TeamsAdapter
@@ -138,6 +140,15 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
+class AccessLog(AbstractAccessLogger):
+    """Access lines without query strings or headers: ``/login?token=…`` carries the admin token."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %.3f s', request.remote, request.method, request.path, response.status, time
+        )
+
+
 async def _healthz(request: web.Request) -> web.Response:
     teams = "off"
     if TEAMS_KEY in request.app:
@@ -191,9 +202,16 @@ async def _slack_events(request: web.Request) -> web.StreamResponse:
     adapter = request.app[SLACK_KEY]
     try:
         bolt_request = await to_bolt_request(request)
-    except (ValueError, UnicodeDecodeError) as exc:
-        # Bolt parses the body before verifying it; garbage is the sender's fault either way.
-        raise web.HTTPBadRequest(text=f"malformed Slack request: {exc}") from exc
+    except web.HTTPException:
+        raise  # the body is over client_max_size: 413
+    except Exception as exc:
+        # Bolt parses the body, and reads its fields, before verifying it, and fails in any way on
+        # garbage (not UTF-8, not JSON, nested too deep, a string where it reads an object's
+        # fields): the sender's fault either way.
+        detail = exc if isinstance(exc, ValueError) else "it is not a Slack payload"
+        raise web.HTTPBadRequest(text=f"malformed Slack request: {detail}") from exc
+    if (problem := slack_payload.problem(bolt_request.body)) is not None:
+        raise web.HTTPBadRequest(text=f"malformed Slack request: {problem}")
     bolt_response = await adapter.app.async_dispatch(bolt_request)
     return await to_aiohttp_response(bolt_response)
 
@@ -283,7 +301,9 @@ async def serve(
     async with open_runtime(settings, allow_open_teams=host in LOOPBACK) as runtime:
         # Slack sends many events: per-request access lines only at -vv.
         access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
-        runner = web.AppRunner(build_app(runtime), handle_signals=False, access_log=access_log)
+        runner = web.AppRunner(
+            build_app(runtime), handle_signals=False, access_log=access_log, access_log_class=AccessLog
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

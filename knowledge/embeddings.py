@@ -70,6 +70,9 @@ class SentenceTransformerEmbedder:
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+        # A fast tokenizer is not safe to call from two threads at once (it fails with odd
+        # "excessive nesting" errors): encodes take turns, and coverage() has its own tokenizer.
+        self._encoding = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -91,17 +94,14 @@ class SentenceTransformerEmbedder:
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The model's tokenizer, loaded without the model weights (chunking needs only this)."""
         if self._tokenizer is None:
-            if self._model is not None:
-                self._tokenizer = self._model.tokenizer
-            else:
-                from transformers import AutoTokenizer
+            from transformers import AutoTokenizer
 
-                try:
-                    self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self._name))
-                except OSError as exc:
-                    raise EmbeddingError(
-                        f"Cannot load the tokenizer of embedding model {self._name!r}: {exc}"
-                    ) from exc
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self._name))
+            except OSError as exc:
+                raise EmbeddingError(
+                    f"Cannot load the tokenizer of embedding model {self._name!r}: {exc}"
+                ) from exc
         return self._tokenizer  # type: ignore[no-any-return]
 
     def coverage(self, text: str) -> float:
@@ -116,13 +116,15 @@ class SentenceTransformerEmbedder:
         """Unit-length float32 vectors, one row per text."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self._load().encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        model = self._load()
+        with self._encoding:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
 
     def _load(self) -> Any:

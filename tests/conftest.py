@@ -56,6 +56,23 @@ def postgres_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def own_postgres(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database for one test alone (counted, cut off, or filled without clearing)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"kbot_own_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store test runs on SQLite and on PostgreSQL."""

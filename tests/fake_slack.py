@@ -29,6 +29,7 @@ SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 class Call:
     method: str
     params: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)  # when it arrived (latency figures)
 
 
 @dataclass

@@ -39,6 +39,7 @@ class Sent:
     path: str
     activity: dict[str, Any]
     authorization: str
+    at: float = field(default_factory=time.monotonic)  # when it arrived (latency figures)
 
 
 @dataclass

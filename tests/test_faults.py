@@ -16,13 +16,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -125,25 +124,6 @@ async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any) -> None:
     assert "Sources" in text
 
 
-@pytest.fixture
-def fault_db(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL database of this test's own, so cutting it off touches nothing else."""
-    name = f"kbot_fault_{uuid.uuid4().hex[:8]}"
-    admin_dsn = (
-        make_url(postgres_url)
-        .set(drivername="postgresql", database="postgres")
-        .render_as_string(hide_password=False)
-    )
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _admin_dsn(postgres_url: str) -> str:
     return (
         make_url(postgres_url)
@@ -152,8 +132,10 @@ def _admin_dsn(postgres_url: str) -> str:
     )
 
 
-async def test_postgres_outage(tmp_path: Path, embedder: Embedder, postgres_url: str, fault_db: str) -> None:
-    url = make_url(postgres_url).set(database=fault_db).render_as_string(hide_password=False)
+async def test_postgres_outage(tmp_path: Path, embedder: Embedder, own_postgres: str) -> None:
+    url = own_postgres
+    fault_db = make_url(url).database
+    postgres_url = url
 
     async def down() -> None:
         with psycopg.connect(_admin_dsn(postgres_url), autocommit=True) as admin:

@@ -10,6 +10,10 @@ here only translate. Events kbot handles:
 - ``reaction_added`` / ``reaction_removed`` with 👍/👎 (any skin tone) on kbot's answers → votes;
 - the answer's buttons → votes, and a modal whose text is stored as a correction.
 
+A body bolt cannot read is a 400 before dispatch (:mod:`bot.slack.payload`); fields of other
+types than Slack sends make a listener ignore the event. A question longer than
+:data:`bot.limits.MAX_QUESTION` is cut, and the asker told so in private.
+
 Required bot scopes: ``app_mentions:read``, ``chat:write``, ``im:history``, ``channels:history``
 (``groups:history`` for private channels), ``reactions:read``; ``usergroups:read`` when
 ``Settings.groups`` names user groups.
@@ -39,8 +43,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.limits import limit_question
 from bot.slack import render
 from bot.slack.directory import SlackDirectory
+from bot.slack.payload import field
 from bot.slack.reply import SlackReply, UpdateBudget, call_slack
 from kbot.errors import ConfigError, KbotError
 from kbot.settings import Settings
@@ -176,34 +182,25 @@ class SlackAdapter:
     async def on_message(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
     ) -> None:
-        if event.get("subtype") not in _PERSON_SUBTYPES or not event.get("user"):
+        subtype = event.get("subtype")
+        if (subtype is not None and field(event, "subtype") not in _PERSON_SUBTYPES) or not event.get("user"):
             return
         is_dm = event.get("channel_type") == "im"
-        if not is_dm and context.bot_user_id in mentions(str(event.get("text", ""))):
+        if not is_dm and context.bot_user_id in mentions(field(event, "text")):
             return  # the app_mention event for the same message answers it
         await self._question(event, body, context, addressed=is_dm)
 
     async def _question(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext, *, addressed: bool
     ) -> None:
-        channel, ts, user = str(event["channel"]), str(event["ts"]), str(event["user"])
-        thread_ts = event.get("thread_ts")
+        channel, ts, user = field(event, "channel"), field(event, "ts"), field(event, "user")
+        if not (channel and ts and user):
+            log.info("ignored a %s event without a channel, ts or user", field(event, "type"))
+            return
+        thread_ts = field(event, "thread_ts") or None
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
-        team = event.get("team") or body.get("team_id")
-        text = str(event.get("text", ""))
-        message = IncomingMessage(
-            platform=PLATFORM,
-            key=f"{PLATFORM}:msg:{channel}:{ts}",
-            user=user,
-            channel=channel,
-            # Memory: per thread in channels; a whole DM is one conversation, threads in it included.
-            thread=channel if is_dm else str(thread_ts or ts),
-            text=clean_text(text, context.bot_user_id),
-            addressed=addressed,
-            in_thread=bool(thread_ts and thread_ts != ts),
-            mentions_others=bool(mentions(text) - {context.bot_user_id, user}),
-            identities=(str(team),) if team else (),
-        )
+        team = field(event, "team") or field(body, "team_id")
+        text = field(event, "text")
         reply = SlackReply(
             self.client,
             channel=channel,
@@ -213,7 +210,21 @@ class SlackAdapter:
             links=self.settings.source_links,
             budget=self.budget,
         )
-        self.service.submit(message, reply)
+        question, answer_with = limit_question(clean_text(text, context.bot_user_id), reply)
+        message = IncomingMessage(
+            platform=PLATFORM,
+            key=f"{PLATFORM}:msg:{channel}:{ts}",
+            user=user,
+            channel=channel,
+            # Memory: per thread in channels; a whole DM is one conversation, threads in it included.
+            thread=channel if is_dm else thread_ts or ts,
+            text=question,
+            addressed=addressed,
+            in_thread=bool(thread_ts and thread_ts != ts),
+            mentions_others=bool(mentions(text) - {context.bot_user_id, user}),
+            identities=(team,) if team else (),
+        )
+        self.service.submit(message, answer_with)
 
     # --- feedback ---
 
@@ -230,15 +241,32 @@ class SlackAdapter:
     async def _reaction(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext, *, added: bool
     ) -> None:
-        value = vote_value(str(event.get("reaction", "")))
-        item = event.get("item") or {}
-        if value is None or item.get("type") != "message":
+        value = vote_value(field(event, "reaction"))
+        if value is None or field(event, "item", "type") != "message":
             return
         if context.bot_user_id and event.get("item_user") not in (None, context.bot_user_id):
             return  # a reaction on someone else's message
-        user, channel, ts = str(event["user"]), str(item["channel"]), str(item["ts"])
+        user, channel, ts = field(event, "user"), field(event, "item", "channel"), field(event, "item", "ts")
+        if not (user and channel and ts):
+            log.info("ignored a reaction event without a user, channel or ts")
+            return
         # Slack may deliver reaction events late or out of order; the message's reactions now are
-        # the truth, and reading them makes the last event handled leave the right vote.
+        # the truth, and reading them makes the last event handled leave the right vote — read
+        # and written in the person's turn, or an older read could be written last.
+        async with self.service.one_at_a_time(PLATFORM, user):
+            await self._record_reaction(body, event, channel, ts, user, added=added, value=value)
+
+    async def _record_reaction(
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        channel: str,
+        ts: str,
+        user: str,
+        *,
+        added: bool,
+        value: int,
+    ) -> None:
         kind, value = await self._reaction_vote(channel, ts, user, added=added, value=value)
         feedback = FeedbackEvent(
             platform=PLATFORM,
@@ -285,13 +313,15 @@ class SlackAdapter:
         await ack()
         value = 1 if action["action_id"] == render.VOTE_UP else -1
         user, channel, thread = _who_where(body)
+        if not user:
+            return
         try:
             await self.service.feedback(
                 FeedbackEvent(
                     platform=PLATFORM,
                     user=user,
                     kind="vote",
-                    answer_id=str(action.get("value", "")),
+                    answer_id=field(action, "value"),
                     value=value,
                     origin="button",
                 )
@@ -306,17 +336,17 @@ class SlackAdapter:
     async def on_suggest(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         user, channel, thread = _who_where(body)
-        modal = render.correction_modal(str(action.get("value", "")), channel, thread or "")
+        if not (user and field(body, "trigger_id")):
+            return  # no one to show the form to
+        modal = render.correction_modal(field(action, "value"), channel, thread or "")
         try:
-            await call_slack("views.open", self.client.views_open(trigger_id=body["trigger_id"], view=modal))
+            trigger = field(body, "trigger_id")
+            await call_slack("views.open", self.client.views_open(trigger_id=trigger, view=modal))
         except KbotError as exc:
             await self._tell(channel, user, thread, f"Sorry, I could not open the form: {exc}")
 
     async def on_correction(self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
-        values = view.get("state", {}).get("values", {})
-        text = str(
-            values.get(render.CORRECTION_BLOCK, {}).get(render.CORRECTION_INPUT, {}).get("value") or ""
-        )
+        text = field(view, "state", "values", render.CORRECTION_BLOCK, render.CORRECTION_INPUT, "value")
         if not text.strip():
             await ack(
                 response_action="errors", errors={render.CORRECTION_BLOCK: "Please write the better answer."}
@@ -324,15 +354,21 @@ class SlackAdapter:
             return
         # Ack now: Slack gives the modal 3 s, and a busy database must not turn into an error page.
         await ack()
-        meta = json.loads(view.get("private_metadata") or "{}")
-        user = str(body["user"]["id"])
+        try:  # kbot's own modal wrote it; anything else is not worth more than a log line
+            meta = json.loads(field(view, "private_metadata") or "{}")
+        except (ValueError, RecursionError):
+            meta = {}
+        user = field(body, "user", "id")
+        if not user:
+            log.warning("ignored a correction without a user")
+            return
         try:
             await self.service.feedback(
                 FeedbackEvent(
                     platform=PLATFORM,
                     user=user,
                     kind="correction",
-                    answer_id=str(meta.get("answer_id", "")),
+                    answer_id=field(meta, "answer_id"),
                     origin="button",
                     text=text,
                 )
@@ -341,8 +377,8 @@ class SlackAdapter:
         except KbotError as exc:
             log.error("could not store a correction: %s", exc)
             reply = f"Sorry, your suggested answer could not be saved: {exc} Please try again."
-        if meta.get("channel"):
-            await self._tell(str(meta["channel"]), user, meta.get("thread") or None, reply)
+        if field(meta, "channel"):
+            await self._tell(field(meta, "channel"), user, field(meta, "thread") or None, reply)
         else:
             log.warning("correction by %s had no channel to confirm in", user)
 
@@ -359,8 +395,6 @@ class SlackAdapter:
 
 def _who_where(body: dict[str, Any]) -> tuple[str, str, str | None]:
     """The clicking user, the channel and the thread of a block_actions payload."""
-    container = body.get("container") or {}
-    message = body.get("message") or {}
-    channel = container.get("channel_id") or (body.get("channel") or {}).get("id", "")
-    thread = message.get("thread_ts") or container.get("thread_ts")
-    return str(body["user"]["id"]), str(channel), thread
+    channel = field(body, "container", "channel_id") or field(body, "channel", "id")
+    thread = field(body, "message", "thread_ts") or field(body, "container", "thread_ts")
+    return field(body, "user", "id"), channel, thread or None

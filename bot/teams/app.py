@@ -12,6 +12,10 @@ the Bot Framework Emulator, and the log says so at start. Activities kbot handle
 - ``invoke`` ``message/submitAction`` with ``actionName: "feedback"`` (Teams' 👍/👎 buttons,
   shown because answers set ``feedbackLoopEnabled``) → a vote with its optional text as comment;
 - ``messageReaction`` added/removed on kbot's answers → votes (like, heart: +1; sad, angry: -1).
+
+A body that is not an activity, or an activity without the parts a reply needs (conversation,
+sender, recipient, service URL), is a 400 before botbuilder sees it. A question longer than
+:data:`bot.limits.MAX_QUESTION` is cut, and the asker told so.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from botframework.connector.auth import ServiceClientCredentialsFactory
 from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.limits import limit_question
 from bot.teams.reply import TeamsReply
 from kbot.errors import KbotError, public_reason
 from kbot.settings import Settings
@@ -142,8 +147,10 @@ class TeamsAdapter:
             if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not body["type"]:
                 raise ValueError("an activity is a JSON object with a type")
             activity = Activity().deserialize(body)
-        except (ValueError, DeserializationError) as exc:
+        except (ValueError, RecursionError, DeserializationError) as exc:
             raise web.HTTPBadRequest(text=f"malformed activity: {exc}") from exc
+        if missing := _missing(activity):
+            raise web.HTTPBadRequest(text=f"malformed activity: it has no {missing}")
         tenant = self.settings.teams_tenant_id
         if tenant and activity.conversation is not None and _tenant(activity) not in (None, tenant):
             # A single-tenant bot answers its own organisation only (its token alone does not say so).
@@ -174,26 +181,24 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
         activity = turn_context.activity
         conversation = activity.conversation
         personal = (conversation.conversation_type or "personal") == "personal"
-        mentioned = any(
-            (m.additional_properties.get("mentioned") or {}).get("id") == activity.recipient.id
-            for m in TurnContext.get_mentions(activity)
-        )
-        text = _without_mention(activity) if mentioned else activity.text or ""
-        data = activity.channel_data or {}
-        team = (data.get("team") or {}).get("id")
-        channel = (data.get("channel") or {}).get("id")
+        text = activity.text or ""
+        mentions = _kbot_mentions(activity)
+        for mention in filter(None, mentions):  # removed once: kbot's name elsewhere stays
+            text = text.replace(mention, " ", 1)
+        question, reply = limit_question(" ".join(text.split()), self._adapter.reply_for(activity))
+        team, channel = _channel_data_id(activity, "team"), _channel_data_id(activity, "channel")
         message = IncomingMessage(
             platform=PLATFORM,
             key=f"{PLATFORM}:msg:{conversation.id}:{activity.id}",
             user=_person(activity.from_property),
             channel=conversation_channel(conversation.id),
             thread=conversation.id,  # memory per chat, or per channel thread
-            text=" ".join((text or "").split()),
-            addressed=personal or mentioned,
+            text=question,
+            addressed=personal or bool(mentions),
             places=tuple(p for p in (channel, team) if p),
             identities=tuple(t for t in (_tenant(activity),) if t),
         )
-        self._service.submit(message, self._adapter.reply_for(activity))
+        self._service.submit(message, reply)
 
     async def on_reactions_added(
         self, message_reactions: list[MessageReaction], turn_context: TurnContext
@@ -265,14 +270,49 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
         return InvokeResponse(status=200)
 
 
-def _without_mention(activity: Activity) -> str:
-    """The text with kbot's ``<at>…</at>`` mention removed once (the name elsewhere stays)."""
-    text = activity.text or ""
-    for mention in TurnContext.get_mentions(activity):
-        props = mention.additional_properties
-        if (props.get("mentioned") or {}).get("id") == activity.recipient.id and props.get("text"):
-            text = text.replace(str(props["text"]), " ", 1)
-    return text
+def _missing(activity: Activity) -> str | None:
+    """What the activity lacks of the parts kbot answers through; None when it has them all.
+
+    The conversation id and the service URL go into the reply's HTTP request line and headers:
+    printable ASCII only, as Bot Framework's are.
+    """
+    conversation = activity.conversation.id if activity.conversation else None
+    parts = {
+        "printable conversation id": _printable(conversation),
+        "sender id": activity.from_property.id if activity.from_property else None,
+        "recipient id": activity.recipient.id if activity.recipient else None,
+        "http(s) serviceUrl": _printable(activity.service_url)
+        and str(activity.service_url).startswith(("https://", "http://")),
+        "id (a message's dedupe key)": activity.id or activity.type != "message",
+    }
+    return next((name for name, present in parts.items() if not present), None)
+
+
+def _printable(value: str | None) -> bool:
+    return value is not None and value != "" and value.isascii() and value.isprintable()
+
+
+def _kbot_mentions(activity: Activity) -> list[str]:
+    """The text (``<at>kbot</at>``, or "") of each mention of kbot; other and malformed entities left out."""
+    found = []
+    for entity in activity.entities or []:
+        props = entity.additional_properties or {}
+        mentioned, text = props.get("mentioned"), props.get("text")
+        if (
+            str(entity.type).lower() == "mention"
+            and isinstance(mentioned, dict)
+            and mentioned.get("id") == activity.recipient.id
+        ):
+            found.append(text if isinstance(text, str) else "")
+    return found
+
+
+def _channel_data_id(activity: Activity, key: str) -> str | None:
+    """``channelData[key].id`` (team, channel, tenant), when it is there and an id."""
+    data = activity.channel_data
+    value = data.get(key) if isinstance(data, dict) else None
+    found = value.get("id") if isinstance(value, dict) else None
+    return str(found) if found else None
 
 
 def _person(account: ChannelAccount) -> str:
@@ -281,8 +321,7 @@ def _person(account: ChannelAccount) -> str:
 
 
 def _tenant(activity: Activity) -> str | None:
-    data = activity.channel_data or {}
-    tenant = (data.get("tenant") or {}).get("id") or activity.conversation.tenant_id
+    tenant = _channel_data_id(activity, "tenant") or activity.conversation.tenant_id
     return str(tenant) if tenant else None
 
 
@@ -293,6 +332,6 @@ def _feedback_text(raw: Any) -> str:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return str(raw)
     return str(raw.get("feedbackText", "")) if isinstance(raw, dict) else str(raw)

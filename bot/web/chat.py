@@ -22,6 +22,7 @@ from aiohttp import web
 
 from agent.answering import AnswerResult
 from bot.chat import SPOOLED, ChatService, FeedbackEvent, IncomingMessage
+from bot.limits import limit_question
 from bot.links import source_url
 from bot.web.auth import is_https, set_visitor_cookie, web_user
 from kbot.errors import KbotError
@@ -29,7 +30,6 @@ from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
 PLATFORM = "web"
-MAX_QUESTION = 4000  # characters; longer questions are cut, and the asker told so
 MAX_CORRECTION = 8000
 _ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 
@@ -110,7 +110,6 @@ class WebChat:
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise web.HTTPBadRequest(text="Write a question in 'text'.")
-        truncated = len(text) > MAX_QUESTION
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -121,24 +120,23 @@ class WebChat:
         if new_cookie:
             set_visitor_cookie(response, new_cookie, secure=is_https(request))
         await response.prepare(request)
-        reply = WebReply(response, self.settings)
-        if truncated:
-            await reply.notice(f"Your question was cut to its first {MAX_QUESTION} characters.")
+        web_reply = WebReply(response, self.settings)
+        text, reply = limit_question(text, web_reply)
         message = IncomingMessage(
             platform=PLATFORM,
             key=f"web:{user[-20:]}:{question_id}",
             user=user,
             channel=user,  # a web conversation is private to its asker
             thread=conversation,
-            text=text[:MAX_QUESTION],
+            text=text,
             addressed=True,
         )
         # Shielded: a closed tab must not cancel the answer half-way (it is logged either way).
         outcome = await asyncio.shield(self.service.submit(message, reply))
         if outcome == "duplicate":
             await reply.notice("This question was already answered (the page sent it twice).")
-        await reply.end(outcome)
-        if not reply.gone:
+        await web_reply.end(outcome)
+        if not web_reply.gone:
             await response.write_eof()
         return response
 
@@ -189,8 +187,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise web.HTTPForbidden(text="Cross-site requests are not accepted.")
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise web.HTTPBadRequest(text=f"The body is not valid JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, LookupError, RecursionError) as exc:
+        # LookupError: an unknown charset in Content-Type; RecursionError: nested too deep.
+        raise web.HTTPBadRequest(text=f"The body is not valid JSON: {type(exc).__name__}") from exc
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="The body must be a JSON object.")
     return body

@@ -7,6 +7,7 @@ database to the newest revision and is safe to call from several processes at on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from kbot.errors import StoreError
+from kbot.locks import TaskLock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every kbot process sharing a database.
@@ -47,10 +49,18 @@ class Database:
             kwargs["pool_pre_ping"] = True
             # An unreachable server fails the request in seconds instead of hanging it.
             kwargs["connect_args"] = {"connect_timeout": 5}
+            # Bursts of votes and questions each hold a connection briefly; the default pool of
+            # 5 + 10 makes a burst of a thousand wait long enough to time out.
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 30
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a transaction holds its lock across awaits: under
+        # load, waiting in SQLite's busy handler would time out. Sessions of this process queue
+        # here instead, so the busy timeout only ever covers other processes.
+        self._turns = TaskLock() if self.url.get_backend_name() == "sqlite" else None
 
     @property
     def display_url(self) -> str:
@@ -64,11 +74,12 @@ class Database:
         Failures of the database itself (unreachable, constraint violated) leave as
         :class:`StoreError`, so every caller can tell the user something plain.
         """
-        try:
-            async with self._sessions() as session, session.begin():
-                yield session
-        except SQLAlchemyError as exc:
-            raise StoreError(f"The SQL store at {self.display_url} failed: {_reason(exc)}") from exc
+        async with self._turns or contextlib.nullcontext():
+            try:
+                async with self._sessions() as session, session.begin():
+                    yield session
+            except SQLAlchemyError as exc:
+                raise StoreError(f"The SQL store at {self.display_url} failed: {_reason(exc)}") from exc
 
     def insert(self, table: Any) -> Any:
         """An INSERT with this dialect's ``on_conflict_do_nothing`` / ``on_conflict_do_update``.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from knowledge.document import LoadedDocument, Section
 from knowledge.loaders._text import SectionBuilder, first_line, normalise, paragraphs, stem
 
 if TYPE_CHECKING:
+    from docx.document import Document as DocxDocument
     from docx.table import Table
     from docx.text.paragraph import Paragraph
     from pypdf import PdfReader
@@ -77,6 +79,11 @@ def _outline_starts(
 # --- DOCX ---------------------------------------------------------------------------------
 
 _HEADING_STYLE = re.compile(r"heading\s*(\d)$", re.IGNORECASE)
+# A DOCX is a zip: one that unpacks to more than this, and to more than _MAX_RATIO times its own
+# size, is a zip bomb (python-docx would inflate every part in memory). Big real documents are
+# big files: their images barely compress.
+_MAX_UNPACKED = 64 * 1024**2
+_MAX_RATIO = 20
 
 
 def load_docx(data: bytes, path: Path, source: str) -> LoadedDocument:
@@ -84,34 +91,61 @@ def load_docx(data: bytes, path: Path, source: str) -> LoadedDocument:
     import docx
     from docx.table import Table
 
+    _check_unpacked_size(data, source)
     document = docx.Document(io.BytesIO(data))
+    style_name = _paragraph_style_names(document)
     builder = SectionBuilder()
     first_heading = ""
     for block in document.iter_inner_content():
         if isinstance(block, Table):
             _add_table(builder, block)
             continue
-        level = _heading_level(block)
-        style_name = block.style.name if block.style is not None else ""
+        name = style_name(block)
+        level = _heading_level(name)
         if level is not None:
             builder.heading(level, block.text)
             first_heading = first_heading or normalise(block.text)
         else:
-            if style_name and style_name.startswith("List"):
+            if name.startswith("List"):
                 builder.prefix = "- "
             builder.paragraph(block.text)
     title = normalise(document.core_properties.title or "") or first_heading or stem(path)
     return LoadedDocument(title, builder.sections())
 
 
-def _heading_level(paragraph: Paragraph) -> int | None:
+def _check_unpacked_size(data: bytes, source: str) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        # zipfile never inflates a member past the size its header declares.
+        unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > _MAX_UNPACKED and unpacked > _MAX_RATIO * len(data):
+        raise DocumentLoadError(
+            source,
+            f"it unpacks to {unpacked // 1024**2} MB from {len(data) // 1024} KB, as only a zip bomb does",
+        )
+
+
+def _paragraph_style_names(document: DocxDocument) -> Callable[[Paragraph], str]:
+    """The style name of a paragraph, as ``Paragraph.style.name`` gives it, from one read of the styles.
+
+    python-docx looks a paragraph's style up anew each time, scanning every style (~4 ms), and a
+    style id with a quote in it breaks its lookup.
+    """
+    from docx.enum.style import WD_STYLE_TYPE
+
+    names: dict[str, str] = {}
+    for style in document.styles:
+        if style.type == WD_STYLE_TYPE.PARAGRAPH and style.style_id:
+            names.setdefault(style.style_id, style.name or "")
+    default = document.styles.default(WD_STYLE_TYPE.PARAGRAPH)
+    default_name = (default.name or "") if default is not None else ""
+    return lambda paragraph: names.get(paragraph._p.style or "", default_name)
+
+
+def _heading_level(style_name: str) -> int | None:
     """0 for the Title style, N for Heading N, None for body text."""
-    name = paragraph.style.name if paragraph.style is not None else None
-    if not name:
-        return None
-    if name.lower() == "title":
+    if style_name.lower() == "title":
         return 0
-    match = _HEADING_STYLE.match(name)
+    match = _HEADING_STYLE.match(style_name)
     return int(match.group(1)) if match else None
 
 
