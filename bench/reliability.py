@@ -92,8 +92,8 @@ async def load_run(
             started = time.perf_counter()
             await load.votes(votes)
             await load.settle()
+            live = await load.converged()
             voted_s = time.perf_counter() - started
-            live = await load.live_votes()
     report = load.report
     once = sum(per_platform.values()) == questions and report.answered == questions
     return {

@@ -51,7 +51,13 @@ class Settings(BaseSettings):
     config_file: ClassVar[Path | None] = None
 
     model_config = SettingsConfigDict(
-        env_prefix="KBOT_", env_file=".env", extra="forbid", validate_default=True
+        env_prefix="KBOT_",
+        env_file=".env",
+        extra="forbid",
+        validate_default=True,
+        # A validation error names the field, never the value: inputs hold tokens and passwords,
+        # and the error is logged (with -vv) as the cause of the ConfigError.
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Field(

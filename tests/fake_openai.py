@@ -1,5 +1,6 @@
 """A local stand-in for an OpenAI-compatible server (vLLM's API): it records every request and
-streams a canned answer as server-sent events, like the real server."""
+streams a canned answer as server-sent events, like the real server. With ``echo`` it answers
+with its whole prompt instead, so whatever reached the model shows in the answer."""
 
 from __future__ import annotations
 
@@ -19,20 +20,28 @@ from tests.local_server import serve_locally
 class FakeOpenAI:
     answer: str = "Sick leave is 10 days per year [1]."
     delay_s: float = 0.0
+    echo: bool = False
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     adapters: set[str] = field(default_factory=set)
+    authorizations: set[str] = field(default_factory=set)  # Authorization headers seen
     url: str = ""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(("chat", body))
+        self.authorizations.add(request.headers.get("Authorization", ""))
         if body["model"] not in {"served-base", *self.adapters}:
             return web.json_response({"error": {"message": f"model {body['model']} not found"}}, status=404)
         await asyncio.sleep(self.delay_s)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for word in self.answer.split(" "):
-            chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+        if self.echo:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in body["messages"])
+            pieces = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+        else:
+            pieces = [word + " " for word in self.answer.split(" ")]
+        for piece in pieces:
+            chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         return response

@@ -275,6 +275,14 @@ class Load:
         spool = service.spool
         await wait_until(lambda: spool is None or spool.pending == 0, timeout=timeout)
 
+    async def converged(self, timeout: float = 300) -> Final:
+        """The vote log once it shows the expected state (or what it shows at ``timeout``). Slack's
+        buttons and reactions are handled after their ack, so the last ones land a little later."""
+        deadline = time.monotonic() + timeout
+        while (live := await self.live_votes()) != self.report.expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        return live
+
     async def live_votes(self) -> Final:
         async with self.env.runtime.service.answerer.kb.db.session() as s:
             return {(v.answer_id, v.voter, v.value, v.origin) for v in await s.scalars(select(Vote))}

@@ -38,4 +38,4 @@ async def test_questions_and_votes_under_load(
         await load.votes(VOTES)
         await load.settle()
         assert load.report.votes_sent == VOTES
-        assert await load.live_votes() == load.report.expected
+        assert await load.converged() == load.report.expected
