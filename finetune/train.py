@@ -207,8 +207,21 @@ def train_sft(
     return _run(trainer, out, config, "sft")
 
 
+def _step_logger(kind: str) -> Any:
+    """A callback that logs each logged step: operators (and tests) see that training is under way."""
+    from transformers import TrainerCallback
+
+    class StepLogger(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                log.info("%s step %d/%d: loss %.4f", kind, state.global_step, state.max_steps, logs["loss"])
+
+    return StepLogger()
+
+
 def _run(trainer: Any, out: Path, config: TrainConfig, kind: str) -> TrainResult:
     started = time.perf_counter()
+    trainer.add_callback(_step_logger(kind))
     trainer.train()
     seconds = time.perf_counter() - started
     model = trainer.model

@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from agent.adapters import AdapterRegistry
 from agent.answering import Answerer
-from finetune.nightly import NightlyConfig, acquire, release, run_nightly
+from finetune.joblock import acquire, release
+from finetune.nightly import LOCK, NightlyConfig, NightlyError, run_nightly
 from finetune.train import TrainConfig
 from finetune.votes import VoteLog
 from kbot.db import Database
@@ -140,29 +141,31 @@ async def test_crash_before_promotion_keeps_the_previous_adapter(answerer: Answe
     async def crash(version: str) -> None:
         raise RuntimeError(f"power cut before promoting {version}")
 
-    with pytest.raises(RuntimeError, match="power cut"):
+    with pytest.raises(NightlyError, match="power cut") as raised:
         await run_nightly(
             settings,
             answerer,
             NightlyConfig(train=TrainConfig(steps=2, max_length=128)),
             before_promote=crash,
         )
+    assert isinstance(raised.value.__cause__, RuntimeError)  # the cause stays in the chain
     [run] = await runs(db)
     assert run.status == "failed" and "power cut" in run.error and run.finished_at is not None
     assert await AdapterRegistry(db).active() is None  # the base model still answers
     assert [a.version for a in await AdapterRegistry(db).list()] == [run.candidate]  # trained, not active
-    assert await acquire(db, "next-run")  # the lock was released
-    await release(db, "next-run")
+    assert not list((settings.data_dir / "adapters").glob(".nightly-run-*"))  # no training leftovers
+    assert await acquire(db, LOCK, "next-run")  # the lock was released
+    await release(db, LOCK, "next-run")
 
 
 async def test_skips_with_too_little_feedback_and_never_overlaps(answerer: Answerer) -> None:
     db, settings = answerer.kb.db, answerer.settings
     skipped = await run_nightly(settings, answerer, NightlyConfig())
     assert skipped.status == "skipped" and "too little feedback: 0 pairs" in skipped.decision
-    assert await acquire(db, "a long run elsewhere")
+    assert await acquire(db, LOCK, "a long run elsewhere")
     overlapped = await run_nightly(settings, answerer, NightlyConfig())
     assert overlapped.status == "skipped" and "in progress" in overlapped.decision
-    await release(db, "a long run elsewhere")
+    await release(db, LOCK, "a long run elsewhere")
     assert [r.status for r in await runs(db)] == ["skipped", "skipped"]
     assert not await AdapterRegistry(db).list()
 
@@ -171,6 +174,7 @@ async def test_serve_schedules_the_nightly_run(answerer: Answerer) -> None:
     from bot.chat import ChatService
     from bot.ledger import ChatLedger
     from bot.server import Runtime, parse_time_of_day, schedule_nightly
+    from bot.web.auth import AdminAuth
     from kbot.errors import ConfigError
 
     assert parse_time_of_day("02:30") == (2, 30)
@@ -178,7 +182,9 @@ async def test_serve_schedules_the_nightly_run(answerer: Answerer) -> None:
         with pytest.raises(ConfigError, match="time of day like 02:00"):
             parse_time_of_day(wrong)
     service = ChatService(answerer.settings, answerer, ChatLedger(answerer.kb.db), VoteLog(answerer.kb.db))
-    scheduler = schedule_nightly(Runtime(answerer.settings, service, None, None), "02:30")
+    scheduler = schedule_nightly(
+        Runtime(answerer.settings, service, None, None, AdminAuth(answerer.settings)), "02:30"
+    )
     try:
         [job] = scheduler.get_jobs()
         fields = {f.name: str(f) for f in job.trigger.fields}
