@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,9 +25,9 @@ from knowledge.embeddings import Embedder
 from tests.fake_openai import fake_openai_server
 from tests.fake_slack import SECRET, fake_slack_server
 from tests.fake_teams import APP_ID, APP_PASSWORD, LocalCredentialFactory
+from tests.kbot_process import kbot
 from tests.local_server import serve_locally
 
-KBOT = [sys.executable, "-c", "from bot.cli import main; main()"]
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
 
 
@@ -261,26 +258,9 @@ async def test_changed_embedding_model_and_missing_adapter_files(ingested: Setti
     assert "kbot adapters rollback" in by["adapter"].fix
 
 
-@pytest.fixture
-def empty_postgres(postgres_url: str) -> Iterator[str]:
-    """A database of its own on the test server, without kbot's tables."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from tests.conftest import _postgres_admin_dsn
-
-    name = f"kbot_doctor_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.postgres
-async def test_postgres_without_tables_then_migrated(empty_postgres: str, tmp_path: Path) -> None:
+async def test_postgres_without_tables_then_migrated(own_postgres: str, tmp_path: Path) -> None:
+    empty_postgres = own_postgres  # a database of its own, without kbot's tables
     settings = settings_in(tmp_path, database_url=empty_postgres)
     by = found(await diagnose(settings))
     assert by["database"].status == "warn" and by["database"].detail.endswith("has no kbot tables yet")
@@ -291,10 +271,6 @@ async def test_postgres_without_tables_then_migrated(empty_postgres: str, tmp_pa
     await db.close()
     by = found(await diagnose(settings))
     assert by["database"].status == "ok" and by["knowledge"].status == "warn" and by["adapter"].status == "ok"
-
-
-def kbot(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
