@@ -33,40 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from knowledge.embeddings import SentenceTransformerEmbedder
 from tests.load import Load
+from tests.postgres import cut_off, fresh_database, reopen
 from tests.test_faults import outage_and_recovery
 from tests.test_teams import teams_env
 
-POSTGRES = os.environ.get("KBOT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 CANARY = "CANARY-BENCH-9d41"
-
-
-class PostgresDatabase:
-    """A database of its own on the local server, dropped afterwards."""
-
-    def __init__(self) -> None:
-        from sqlalchemy.engine import make_url
-
-        self.name = f"kbot_bench_{uuid.uuid4().hex[:8]}"
-        self.url = make_url(POSTGRES).set(database=self.name).render_as_string(hide_password=False)
-        self.admin = (
-            make_url(POSTGRES)
-            .set(drivername="postgresql", database="postgres")
-            .render_as_string(hide_password=False)
-        )
-
-    def sql(self, statement: str, *args: Any) -> None:
-        import psycopg
-
-        with psycopg.connect(self.admin, autocommit=True) as admin:
-            admin.execute(statement, args or None)
-
-    def __enter__(self) -> PostgresDatabase:
-        self.sql(f'CREATE DATABASE "{self.name}"')
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sql(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
-        self.sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 async def load_run(
@@ -109,18 +80,17 @@ async def load_run(
     }
 
 
-async def fault_run(embedder: Any, db: PostgresDatabase) -> dict[str, Any]:
+async def fault_run(embedder: Any, name: str, url: str) -> dict[str, Any]:
     """PostgreSQL cut off while people vote and ask (the shared script of tests/test_faults.py)."""
 
     async def down() -> None:
-        db.sql(f'ALTER DATABASE "{db.name}" ALLOW_CONNECTIONS false')
-        db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", db.name)
+        cut_off(name)
 
     async def up() -> None:
-        db.sql(f'ALTER DATABASE "{db.name}" ALLOW_CONNECTIONS true')
+        reopen(name)
 
     with tempfile.TemporaryDirectory() as tmp:
-        async with teams_env(Path(tmp), embedder, database_url=db.url) as teams:
+        async with teams_env(Path(tmp), embedder, database_url=url) as teams:
             started = time.perf_counter()
             try:
                 await outage_and_recovery(teams.env, down=down, up=up)
@@ -177,10 +147,10 @@ async def main() -> None:
     runs = [await load_run("sqlite", embedder, args.questions, args.votes, None)]
     fault: dict[str, Any] = {"recovered": None, "seconds": 0.0}
     if not args.no_postgres:
-        with PostgresDatabase() as db:
-            runs.append(await load_run("postgres", embedder, args.questions, args.votes, db.url))
-        with PostgresDatabase() as db:
-            fault = await fault_run(embedder, db)
+        with fresh_database("kbot_bench") as (_, url):
+            runs.append(await load_run("postgres", embedder, args.questions, args.votes, url))
+        with fresh_database("kbot_bench") as (name, url):
+            fault = await fault_run(embedder, name, url)
     leaks = await leak_run(embedder, args.leak_questions)
 
     header = ("store", "answered", "lost votes", "p50 ms", "p99 ms", "q/s", "votes/s")

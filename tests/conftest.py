@@ -8,7 +8,6 @@ unreachable the PostgreSQL tests fail under CI (``CI=true``) and are skipped els
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,55 +21,31 @@ from kbot.db import Database
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
 from knowledge.embeddings import SentenceTransformerEmbedder
+from tests.postgres import POSTGRES_URL, admin_sql, fresh_database
 
-POSTGRES_URL = os.environ.get("KBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "handbook"
-
-
-def _postgres_admin_dsn() -> str:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(POSTGRES_URL)
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session."""
     import psycopg
-    from sqlalchemy.engine import make_url
 
-    name = f"kbot_test_{uuid.uuid4().hex[:10]}"
     try:
-        admin = psycopg.connect(_postgres_admin_dsn(), autocommit=True, connect_timeout=5)
+        admin_sql("SELECT 1")
     except psycopg.OperationalError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI but unreachable at {POSTGRES_URL}: {exc}")
         pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kbot_test") as (_, url):
+        yield url
 
 
 @pytest.fixture
 def own_postgres(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL database for one test alone (counted, cut off, or filled without clearing)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"kbot_own_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_postgres_admin_dsn(), autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("kbot_own") as (_, url):
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -31,6 +30,7 @@ from knowledge.embeddings import Embedder
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import wait_until
 from tests.kbot_process import free_port
+from tests.postgres import cut_off, reopen
 from tests.slack_env import SlackEnv, mention, slack_env
 from tests.test_slack import reaction
 from tests.test_web_api import answer_of, events
@@ -124,31 +124,16 @@ async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any) -> None:
     assert "Sources" in text
 
 
-def _admin_dsn(postgres_url: str) -> str:
-    return (
-        make_url(postgres_url)
-        .set(drivername="postgresql", database="postgres")
-        .render_as_string(hide_password=False)
-    )
-
-
 async def test_postgres_outage(tmp_path: Path, embedder: Embedder, own_postgres: str) -> None:
-    url = own_postgres
-    fault_db = make_url(url).database
-    postgres_url = url
+    name = str(make_url(own_postgres).database)
 
     async def down() -> None:
-        with psycopg.connect(_admin_dsn(postgres_url), autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{fault_db}" ALLOW_CONNECTIONS false')
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (fault_db,)
-            )
+        cut_off(name)
 
     async def up() -> None:
-        with psycopg.connect(_admin_dsn(postgres_url), autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{fault_db}" ALLOW_CONNECTIONS true')
+        reopen(name)
 
-    async with slack_env(tmp_path, embedder, database_url=url) as env:
+    async with slack_env(tmp_path, embedder, database_url=own_postgres) as env:
         await outage_and_recovery(env, down=down, up=up)
 
 

@@ -69,7 +69,6 @@ from tests.fake_teams import (
     APP_ID,
     TENANT,
     FakeConnector,
-    LocalCredentialFactory,
     SigningKeys,
     activity,
     channel_mention,
@@ -77,7 +76,8 @@ from tests.fake_teams import (
     openid_server,
 )
 from tests.kbot_process import free_port
-from tests.slack_env import EXAMPLES, SlackEnv, mention, message, slack_env
+from tests.slack_env import EXAMPLES, SlackEnv, mention, message
+from tests.test_teams import teams_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -427,10 +427,7 @@ class Server:
 async def kbot_server(tmp_path: Path, embedder: Embedder, **overrides: Any) -> AsyncIterator[Server]:
     """kbot serve's app with Slack, Teams (JWTs checked against local keys), the web chat and the
     dashboard; the echoing model; the canary documents restricted to hr in collection handbook."""
-    from botframework.connector.auth import ChannelValidation
-
     cached = embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder)
-    keys = SigningKeys()
     password = overrides.pop("teams_app_password", "teams-password-for-tests")
     options: dict[str, Any] = {
         "admin_token": ADMIN_TOKEN,
@@ -441,31 +438,16 @@ async def kbot_server(tmp_path: Path, embedder: Embedder, **overrides: Any) -> A
         "max_concurrent_answers": 8,
         **overrides,
     }
-    previous = ChannelValidation.open_id_metadata_endpoint
-    with openid_server(keys):
-        ChannelValidation.open_id_metadata_endpoint = keys.metadata_url
-        try:
-            async with (
-                fake_connector() as connector,
-                slack_env(
-                    tmp_path,
-                    cached,
-                    teams_app_id=APP_ID,
-                    teams_app_password=password,
-                    teams_credentials=LocalCredentialFactory(APP_ID, password),
-                    **options,
-                ) as env,
-            ):
-                env.model.echo = True
-                restricted = tmp_path / "restricted-hr"
-                restricted.mkdir(exist_ok=True)
-                for name, text in canary_documents().items():
-                    (restricted / name).write_text(text, encoding="utf-8")
-                report = await env.runtime.service.answerer.kb.ingest([str(restricted)], "handbook", acl=[HR])
-                assert len(report.added) == len(TOPICS) and not report.failed
-                yield Server(env, connector, keys, Tracker(env.runtime.service))
-        finally:
-            ChannelValidation.open_id_metadata_endpoint = previous
+    async with teams_env(tmp_path, cached, password=password, **options) as teams:
+        env = teams.env
+        env.model.echo = True
+        restricted = tmp_path / "restricted-hr"
+        restricted.mkdir(exist_ok=True)
+        for name, text in canary_documents().items():
+            (restricted / name).write_text(text, encoding="utf-8")
+        report = await env.runtime.service.answerer.kb.ingest([str(restricted)], "handbook", acl=[HR])
+        assert len(report.added) == len(TOPICS) and not report.failed
+        yield Server(env, teams.connector, teams.keys, Tracker(env.runtime.service))
 
 
 # --- asking: one conversation (1 to 3 questions in one thread) at a time, per platform ---

@@ -64,11 +64,14 @@ class TeamsEnv:
 
 
 @asynccontextmanager
-async def teams_env(tmp_path: Path, embedder: Embedder, **overrides: Any) -> AsyncIterator[TeamsEnv]:
+async def teams_env(
+    tmp_path: Path, embedder: Embedder, *, password: str = APP_PASSWORD, **overrides: Any
+) -> AsyncIterator[TeamsEnv]:
     """kbot serve with Teams credentials configured, checking tokens against local keys."""
     from botframework.connector.auth import ChannelValidation
 
     keys = SigningKeys()
+    previous = ChannelValidation.open_id_metadata_endpoint
     with openid_server(keys):
         # Production's code path (public cloud channel validation), with the keys published locally.
         ChannelValidation.open_id_metadata_endpoint = keys.metadata_url
@@ -79,14 +82,14 @@ async def teams_env(tmp_path: Path, embedder: Embedder, **overrides: Any) -> Asy
                     tmp_path,
                     embedder,
                     teams_app_id=APP_ID,
-                    teams_app_password=APP_PASSWORD,
-                    teams_credentials=LocalCredentialFactory(APP_ID, APP_PASSWORD),
+                    teams_app_password=password,
+                    teams_credentials=LocalCredentialFactory(APP_ID, password),
                     **overrides,
                 ) as env,
             ):
                 yield TeamsEnv(env, connector, keys)
         finally:
-            ChannelValidation.open_id_metadata_endpoint = None
+            ChannelValidation.open_id_metadata_endpoint = previous
 
 
 @pytest.fixture
