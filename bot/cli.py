@@ -18,7 +18,7 @@ import typer
 
 from bot import doctor, learning_cli
 from kbot.errors import ConfigError, KbotError
-from kbot.logs import TEXT_FORMAT, use_format
+from kbot.logs import configure, use_format
 from kbot.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -67,12 +67,18 @@ def _root(
         typer.Option("--config", help="TOML file with settings (keys are the KBOT_ names, lower-case)."),
     ] = None,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="More log output: -v progress, -vv debug, -vvv debug with SQL values and Slack "
+            "message bodies (what people wrote).",
+        ),
     ] = 0,
 ) -> None:
     _state.config = config
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format=TEXT_FORMAT, stream=sys.stderr)
+    configure(verbose)
 
 
 @app.command()

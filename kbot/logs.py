@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Literal
@@ -15,6 +16,10 @@ from typing import Literal
 request_id: ContextVar[str] = ContextVar("request_id", default="")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Libraries whose debug output (SQL logs: INFO already) holds what people wrote and what kbot
+# answered: SQL statements with their values, Slack API request and response bodies. Debug
+# logging (-vv) keeps them at these levels; only -vvv lets them write everything.
+PAYLOAD_LOGGERS = {"aiosqlite": logging.INFO, "sqlalchemy.engine": logging.WARNING, "slack_sdk": logging.INFO}
 # Attributes every LogRecord has; anything else was passed as ``extra=`` and is kept.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
 
@@ -39,6 +44,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(verbosity: int) -> None:
+    """Log to stderr: warnings (0), progress (1, ``-v``), debug without message bodies (2, ``-vv``),
+    everything (3, ``-vvv``)."""
+    level = (logging.WARNING, logging.INFO)[verbosity] if verbosity < 2 else logging.DEBUG
+    logging.basicConfig(level=level, format=TEXT_FORMAT, stream=sys.stderr)
+    if verbosity < 3:
+        for name, quiet in PAYLOAD_LOGGERS.items():
+            logging.getLogger(name).setLevel(max(level, quiet))
 
 
 def use_format(fmt: Literal["text", "json"]) -> None:

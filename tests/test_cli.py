@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,46 @@ def test_learning_commands(workdir: tuple[Path, dict[str, str]], base_model_dir:
     nightly = kbot("nightly", "--min-pairs", "5", cwd=cwd, env=env)
     assert nightly.returncode == 0, nightly.stderr
     assert "skipped — too little feedback: 0 pairs (need 5)" in nightly.stdout
+
+
+LOGGING_PROBE = """
+import asyncio, sys
+from sqlalchemy import text
+from kbot.errors import StoreError
+from kbot.logs import configure
+from kbot.db import Database
+
+configure(int(sys.argv[1]))
+
+async def main():
+    db = Database("sqlite+aiosqlite:///" + sys.argv[2])
+    async with db.session() as s:
+        await s.execute(text("SELECT :said"), {"said": "QUESTION-MARKER"})
+    try:
+        async with db.session() as s:
+            await s.execute(text("INSERT INTO nowhere VALUES (:said)"), {"said": "ERROR-MARKER"})
+    except StoreError as exc:  # what users see, and the cause logged with it
+        print("error:", exc, "| cause:", exc.__cause__)
+    await db.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("verbosity", [2, 3])
+def test_debug_logs_leave_out_what_people_wrote_unless_asked(tmp_path: Path, verbosity: int) -> None:
+    """-vv is debug output an operator may share; SQL values (questions, answers) only at -vvv,
+    and never inside error messages."""
+    script = tmp_path / "probe.py"
+    script.write_text(LOGGING_PROBE)
+    run = subprocess.run(
+        [sys.executable, str(script), str(verbosity), str(tmp_path / "k.db")],
+        capture_output=True,
+        text=True,
+        cwd=Path.cwd(),
+        check=True,
+        timeout=120,
+    )
+    assert "DEBUG" in run.stderr  # debug output is on
+    assert "no such table: nowhere" in run.stdout and "ERROR-MARKER" not in run.stdout
+    assert ("QUESTION-MARKER" in run.stderr) == ("ERROR-MARKER" in run.stderr) == (verbosity == 3)

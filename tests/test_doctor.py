@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,23 @@ async def test_unreachable_qdrant_server_fails_with_the_setting_to_fix(tmp_path:
     assert by["vector_store"].status == "fail"
     assert by["vector_store"].detail.startswith(f"cannot use Qdrant at http://{CLOSED}: ")
     assert "KBOT_QDRANT_URL" in by["vector_store"].fix
+
+
+async def test_credentials_in_server_urls_are_never_shown(tmp_path: Path) -> None:
+    """A URL may carry a password or a key; the report names the server without them."""
+    secret = "url-secret-5d1e"
+    settings = settings_in(
+        tmp_path,
+        qdrant_url=f"http://kbot:{secret}@{CLOSED}/?api_key={secret}",
+        model_backend="openai",
+        model_url=f"http://{secret}@{CLOSED}/v1",
+    )
+    results = await diagnose(settings)
+    by = found(results)
+    assert by["vector_store"].status == "fail" and by["model"].status == "fail"
+    assert f"Qdrant at http://kbot:***@{CLOSED}/?api_key=***" in by["vector_store"].detail
+    assert f"http://***@{CLOSED}/v1" in by["model"].detail
+    assert secret not in json.dumps([asdict(r) for r in results])
 
 
 async def test_model_server_reachable_missing_and_wrongly_named(tmp_path: Path) -> None:

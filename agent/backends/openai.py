@@ -14,6 +14,7 @@ import httpx
 
 from agent.backends import AdapterRef, Message
 from kbot.errors import AdapterError, ModelError
+from kbot.urls import shown_url
 
 
 class OpenAIBackend:
@@ -21,6 +22,7 @@ class OpenAIBackend:
         self, base_url: str, *, model: str, api_key: str | None = None, timeout: float = 120.0
     ) -> None:
         self._base = base_url.rstrip("/")
+        self._shown = shown_url(self._base)  # for messages: credentials in the URL masked
         self._model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
@@ -36,7 +38,7 @@ class OpenAIBackend:
         try:
             response = await self._client.post(f"{self._base}/load_lora_adapter", json=body)
         except httpx.HTTPError as exc:
-            raise ModelError(f"Cannot reach the model server at {self._base}: {exc}") from exc
+            raise ModelError(f"Cannot reach the model server at {self._shown}: {exc}") from exc
         if response.status_code >= 400 and "already" not in response.text.lower():
             raise AdapterError(
                 f"The model server refused adapter {adapter.version} "
@@ -80,7 +82,7 @@ class OpenAIBackend:
                             yield text
                     return
         except httpx.HTTPError as exc:
-            raise ModelError(f"The model server at {self._base} failed: {exc!r}") from exc
+            raise ModelError(f"The model server at {self._shown} failed: {exc!r}") from exc
 
     async def warm_up(self) -> None:
         """Nothing to load here: the model lives in the server."""

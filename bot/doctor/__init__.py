@@ -21,6 +21,7 @@ from bot.doctor import platforms
 from bot.doctor.findings import Finding, Probe, Result, first_line, in_thread
 from kbot.errors import ConfigError, KbotError, VectorStoreError
 from kbot.settings import Settings, load_settings
+from kbot.urls import shown_url
 
 TIMEOUT_S = 10.0
 MARKS = {"ok": "✓", "warn": "!", "fail": "✗", "off": "–"}
@@ -61,7 +62,7 @@ async def _limited(name: str, probe: Probe, timeout_s: float) -> Result:
 async def _config(p: Probe) -> str:
     s = p.settings
     data = s.data_dir.resolve()
-    vectors = f"Qdrant server {s.qdrant_url}" if s.qdrant_url else "Qdrant Edge"
+    vectors = f"Qdrant server {shown_url(s.qdrant_url)}" if s.qdrant_url else "Qdrant Edge"
     chat = ", ".join(n for n, on in (("Slack", s.slack_enabled), ("Teams", s.teams_app_id)) if on)
     detail = f"data dir {data}{'' if data.exists() else ' (to be made)'}; {s.sql_url.split(':')[0]}, "
     detail += f"{vectors}, {s.model_backend} model {s.base_model}; chat: {chat or 'none'}"
@@ -111,7 +112,7 @@ async def _database(p: Probe) -> str:
 async def _vector_store(p: Probe) -> str:
     s = p.settings
     path = (s.edge_path / s.qdrant_collection).resolve()
-    where = f"Qdrant at {s.qdrant_url}" if s.qdrant_url else f"Qdrant Edge shard {path}"
+    where = f"Qdrant at {shown_url(s.qdrant_url)}" if s.qdrant_url else f"Qdrant Edge shard {path}"
     points = await (_qdrant_server(s, where) if s.qdrant_url else _qdrant_edge(path, where))
     p.no_vectors = points is None
     if points is None:
@@ -218,6 +219,7 @@ async def _model_server(p: Probe) -> str:
 
     s = p.settings
     base = (s.model_url or "").rstrip("/")
+    shown = shown_url(base)
     headers = {"Authorization": f"Bearer {s.model_api_key.get_secret_value()}"} if s.model_api_key else {}
     async with httpx.AsyncClient(headers=headers, timeout=TIMEOUT_S) as client:
         try:
@@ -228,25 +230,25 @@ async def _model_server(p: Probe) -> str:
                 response = await client.post(f"{base}/chat/completions", json=hi)
         except httpx.HTTPError as exc:
             start = "Start it (vLLM: vllm serve MODEL --enable-lora), or correct KBOT_MODEL_URL."
-            raise Finding("fail", f"cannot reach the model server at {base}: {exc!r}", start) from exc
+            raise Finding("fail", f"cannot reach the model server at {shown}: {exc!r}", start) from exc
     if response.status_code >= 400:
         fix = "Set KBOT_BASE_MODEL to a served model."
         if response.status_code in (401, 403):
             fix = "Set KBOT_MODEL_API_KEY to the server's --api-key."
-        raise Finding("fail", f"{base} answered {response.status_code}: {response.text[:200]}", fix)
+        raise Finding("fail", f"{shown} answered {response.status_code}: {response.text[:200]}", fix)
     if not listed:
-        return f"{base} answers as {s.base_model} (it lists no models)"
+        return f"{shown} answers as {s.base_model} (it lists no models)"
     try:
         models = [m for m in response.json()["data"] if isinstance(m, dict)]
     except (ValueError, KeyError, TypeError) as exc:
-        odd = f"{base}/models is not an OpenAI-style model list"
+        odd = f"{shown}/models is not an OpenAI-style model list"
         raise Finding("fail", odd, "Point KBOT_MODEL_URL at the server's API base (…/v1).") from exc
     p.served = [str(m.get("id")) for m in models]
     if s.base_model not in p.served:
-        detail = f"{base} serves {', '.join(p.served) or 'no models'}, not {s.base_model}"
+        detail = f"{shown} serves {', '.join(p.served) or 'no models'}, not {s.base_model}"
         raise Finding("fail", detail, "Set KBOT_BASE_MODEL to the served name (vLLM: --served-model-name).")
     adapters = ", ".join(str(m["id"]) for m in models if m.get("parent")) or "none"
-    return f"{base} serves {s.base_model}; LoRA adapters loaded: {adapters}"
+    return f"{shown} serves {s.base_model}; LoRA adapters loaded: {adapters}"
 
 
 def _model_files(name: str, setting: str) -> str:

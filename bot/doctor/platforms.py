@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.doctor.findings import Finding, Probe, in_thread
+from kbot.urls import shown_url
 
 
 async def slack(p: Probe) -> str:
@@ -24,7 +25,7 @@ async def slack(p: Probe) -> str:
         raise Finding("fail", refused, f"{token} (Reinstall the app if it was revoked.)") from exc
     except (ClientError, OSError) as exc:
         reach = "Allow outbound HTTPS to slack.com, or correct KBOT_SLACK_API_URL."
-        raise Finding("fail", f"cannot reach Slack at {s.slack_api_url}: {exc}", reach) from exc
+        raise Finding("fail", f"cannot reach Slack at {shown_url(s.slack_api_url)}: {exc}", reach) from exc
     who = f"signed in as @{auth.get('user')} in {auth.get('team')} ({auth.get('team_id')})"
     if s.slack_signing_secret is None:
         secret = "Set KBOT_SLACK_SIGNING_SECRET from the app's Basic Information page."

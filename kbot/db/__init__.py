@@ -53,7 +53,8 @@ class Database:
             # 5 + 10 makes a burst of a thousand wait long enough to time out.
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 30
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # Parameters are questions, answers and votes: never in error messages or SQL logs.
+        self.engine: AsyncEngine = create_async_engine(self.url, hide_parameters=True, **kwargs)
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)

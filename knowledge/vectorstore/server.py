@@ -10,6 +10,7 @@ from qdrant_client import models as m
 from qdrant_client.http.exceptions import ApiException
 
 from kbot.errors import VectorStoreError
+from kbot.urls import shown_url
 from knowledge.vectorstore import (
     DENSE,
     RETURNED_FIELDS,
@@ -28,7 +29,7 @@ _FAILURES = (ApiException, OSError, TimeoutError, ConnectionError, ValueError, R
 
 class QdrantServerStore:
     def __init__(self, url: str, *, collection: str, api_key: str | None = None, timeout: int = 10) -> None:
-        self._url = url
+        self._url = shown_url(url)  # for messages: credentials in the URL masked
         self._name = collection
         if url == ":memory:":
             self._client = AsyncQdrantClient(location=":memory:")
