@@ -41,6 +41,7 @@ class Question:
     platform: str = "cli"
     channel: str = ""
     thread: str = ""
+    shared: bool = False  # asked where others read the answer (``groups`` already fit the place)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Answerer:
                 sources=self.settings.answer_sources,
                 min_relevance=self.settings.min_relevance,
                 max_new_tokens=self.settings.max_new_tokens,
+                shared=question.shared,
             )
             config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
             initial: AnswerState = {"question": question.text, "timings": {}}
@@ -210,6 +212,7 @@ class Answerer:
         queue.put_nowait(None)
 
     async def _log(self, question: Question, state: AnswerState, result: AnswerResult) -> None:
+        used = {h["chunk_id"] for h in state.get("sources") or []} if result.status == "ok" else set()
         try:
             await record_answer(
                 self.kb.db,
@@ -226,7 +229,13 @@ class Answerer:
                         {"role": m["role"], "content": m["content"]} for m in state.get("messages", [])
                     ],
                     retrieved=[
-                        {"chunk_id": h["chunk_id"], "score": h["score"], "source": h["source"]}
+                        {
+                            "chunk_id": h["chunk_id"],
+                            "score": h["score"],
+                            "source": h["source"],
+                            # In the prompt, not just found: the export re-checks these ACLs.
+                            "used": h["chunk_id"] in used,
+                        }
                         for h in state.get("retrieved", [])
                     ],
                     answer=result.answer,
@@ -244,6 +253,7 @@ class Answerer:
                         else None
                     ),
                     embedding_model=self.kb.embedder.name,
+                    restricted=bool(state.get("restricted")),
                 ),
             )
         except KbotError as exc:

@@ -26,6 +26,10 @@ from knowledge.vectorstore import Hit
 
 HISTORY_TURNS = 3  # earlier turns shown to the model; older ones stay in the checkpoint only
 NOT_FOUND = "I could not find this in the documents available to you."
+NOT_FOUND_SHARED = (
+    "I could not find this in the documents everyone here may see. Documents shared with only "
+    "some teams are used when you ask me in a direct message."
+)
 
 
 class Turn(TypedDict):
@@ -48,6 +52,9 @@ class AnswerState(TypedDict, total=False):
     query_vector: list[float]
     # Seconds spent per stage of this turn ("retrieval", "generation"): the server's latency metrics.
     timings: dict[str, float]
+    # Restricted text (a source ingested with --acl) reached the model in this thread: the turn's
+    # prompt, or an earlier turn's that is now its history. Sticky (or-ed) across the thread's turns.
+    restricted: Annotated[bool, operator.or_]
 
 
 @dataclass(kw_only=True)
@@ -61,6 +68,7 @@ class AnswerContext:
     sources: int
     min_relevance: float
     max_new_tokens: int
+    shared: bool = False  # others read the answer: say so when nothing is found
 
 
 async def condense(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
@@ -122,7 +130,7 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
 async def not_found(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
     """Say so plainly, and offer the closest passages instead of inventing an answer."""
     closest = [Hit(**h) for h in state["retrieved"][:3]]
-    lines = [NOT_FOUND]
+    lines = [NOT_FOUND_SHARED if runtime.context.shared else NOT_FOUND]
     if closest:
         lines.append("The closest passages I found:")
         lines += [f"- {h.title} ({h.source})" for h in closest]
@@ -136,7 +144,11 @@ async def finalize(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     citations = (
         build_citations(state["answer"], state["question"], sources) if state["status"] == "ok" else []
     )
-    return {"citations": citations, "history": [Turn(question=state["question"], answer=state["answer"])]}
+    return {
+        "citations": citations,
+        "history": [Turn(question=state["question"], answer=state["answer"])],
+        "restricted": state["status"] == "ok" and any(h.restricted for h in sources),
+    }
 
 
 def _route(state: AnswerState) -> str:

@@ -79,7 +79,9 @@ async def populate(
                     {"role": "system", "content": "Answer from the sources."},
                     {"role": "user", "content": f'Sources:\n[1] Handbook: "{q}"\n\nQuestion: {q}{wording}'},
                 ],
-                "retrieved": [{"chunk_id": f"c{i % len(questions)}", "score": 1.0, "source": "hr.md"}],
+                "retrieved": [
+                    {"chunk_id": f"c{i % len(questions)}", "score": 1.0, "source": "hr.md", "used": True}
+                ],
                 "answer": f"Answer {i} [1]." if good else f"Unsure about {i}.",
                 "citations": [],
                 "status": "ok",
@@ -89,6 +91,7 @@ async def populate(
                 "latency_ms": 100,
                 "question_vector": recorded[q + wording],
                 "embedding_model": embedder.name,
+                "restricted": False,
             }
         )
         for v in range(5):

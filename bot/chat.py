@@ -27,7 +27,7 @@ from bot.spool import FeedbackSpool
 from finetune.votes import VoteLog
 from kbot.errors import KbotError, StoreError, public_reason
 from kbot.locks import TaskLock
-from kbot.settings import Settings
+from kbot.settings import ChannelPolicy, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class IncomingMessage:
     thread: str  # conversation (memory) and reply thread; "" for none
     text: str
     addressed: bool  # a mention or a direct message: answer whatever the channel policy says
+    # Only the asker sees the answer (a DM, a personal chat, the web chat). Otherwise everyone in
+    # the place reads it, so only the groups its policy grants apply: shared is the safe default.
+    private: bool = False
     in_thread: bool = False  # posted as a reply inside an existing thread
     mentions_others: bool = False  # names other people (and not kbot): not addressed to kbot
     places: tuple[str, ...] = ()  # broader places whose channel policy applies (a Teams team)
@@ -180,17 +183,15 @@ class ChatService:
         if not collections:
             await reply.notice(NO_DOCUMENTS)
             return "answered"
-        identities = message.identities
-        if resolve := self.resolvers.get(message.platform):
-            identities += await resolve(message.user)
         question = Question(
             text=message.text.strip(),
             collections=list(collections),
-            groups=self.access.groups(message.platform, (message.user, *identities)),
+            groups=await self._groups(message, policy),
             asker=message.user,
             platform=message.platform,
             channel=message.channel,
             thread=message.thread,
+            shared=not message.private,
         )
         await reply.working()
         async with self._slots:
@@ -200,6 +201,17 @@ class ChatService:
             finally:
                 metrics.IN_FLIGHT.dec()
         return "answered"
+
+    async def _groups(self, message: IncomingMessage, policy: ChannelPolicy) -> list[str]:
+        """The ACL groups an answer to ``message`` may use: the asker's in private; in a shared
+        place only those of the asker's that the place's policy grants as well."""
+        if not (message.private or policy.groups):
+            return []  # nothing restricted may be shown here: no need to look the asker up
+        identities = message.identities
+        if resolve := self.resolvers.get(message.platform):
+            identities += await resolve(message.user)
+        groups = self.access.groups(message.platform, (message.user, *identities))
+        return groups if message.private else [g for g in groups if g in policy.groups]
 
     async def _stream(
         self, message: IncomingMessage, question: Question, reply: Reply, received: float

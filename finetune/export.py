@@ -13,7 +13,12 @@ saw, from the answer log, so training sees what serving saw):
 An answer's rating is the sum of its live votes, after each person's votes beyond
 ``max_votes_per_user`` (their oldest first kept) are set aside, so that one person cannot steer
 the model; it is *good* at ``+min_votes`` or more and *bad* at ``-min_votes`` or less. Answers
-kbot gave without the model (``not_found``, errors) and evaluation runs are never exported.
+kbot gave without the model (``not_found``, errors) and evaluation runs are never exported, and
+neither are answers whose prompt held restricted text (a document ingested with ``--acl``, as a
+source or in the thread's history): an adapter answers everyone, so it must not learn what only
+some may read. Restricted means: marked so when answered, or a source it used is restricted now
+(its ACL was tightened since); answers logged before kbot marked them count as restricted when
+any passage they retrieved is restricted or no longer known.
 Output is deterministic: rows are sorted by a hash of their content.
 """
 
@@ -23,16 +28,18 @@ import hashlib
 import json
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kbot.db import Database
-from kbot.db.models import Answer, Correction, Vote
+from kbot.db.models import Answer, Chunk, Correction, Document, Vote
+from knowledge.vectorstore import PUBLIC
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 FORMATS = ("dpo", "kto", "sft")
@@ -106,12 +113,16 @@ async def load(
             chunk = ids[start : start + 5000]
             for a in (await s.scalars(select(Answer).where(Answer.id.in_(chunk)))).all():
                 answers[a.id] = a
+        acls = await _chunk_acls(s, answers.values())
     rated: dict[str, Rated] = {}
     per_user: Counter[tuple[str, str]] = Counter()
     for vote in votes:
         answer = answers.get(vote.answer_id)
         if answer is None or not _trainable(answer):
             dropped["vote on an answer made without the model"] += 1
+            continue
+        if _restricted(answer, acls):
+            dropped["vote on an answer that used restricted documents"] += 1
             continue
         per_user[(vote.platform, vote.voter)] += 1
         if per_user[(vote.platform, vote.voter)] > options.max_votes_per_user:
@@ -126,6 +137,9 @@ async def load(
         if answer is None or not _trainable(answer):
             dropped["correction of an answer made without the model"] += 1
             continue
+        if _restricted(answer, acls):
+            dropped["correction of an answer that used restricted documents"] += 1
+            continue
         usable.append(correction)
         rated.setdefault(answer.id, Rated(answer))
     return rated, usable, dropped
@@ -133,6 +147,44 @@ async def load(
 
 def _trainable(answer: Answer) -> bool:
     return answer.status == "ok" and bool(answer.messages) and answer.platform != "eval"
+
+
+def _checked_chunks(answer: Answer) -> list[str]:
+    """The chunks whose ACL decides: those in the prompt, or every one retrieved for answers
+    logged before the answer log said which were used."""
+    entries = (
+        answer.retrieved if answer.restricted is None else [r for r in answer.retrieved if r.get("used")]
+    )
+    return [str(r.get("chunk_id")) for r in entries]
+
+
+async def _chunk_acls(s: AsyncSession, answers: Iterable[Answer]) -> dict[str, list[str]]:
+    """The ACL now of every chunk an answer's export depends on (unknown ids are absent)."""
+    ids = sorted(
+        {c for a in answers if _trainable(a) and a.restricted is not True for c in _checked_chunks(a)}
+    )
+    acls: dict[str, list[str]] = {}
+    for start in range(0, len(ids), 5000):
+        query = (
+            select(Chunk.id, Document.acl)
+            .join(Document, Chunk.document_id == Document.id)
+            .where(Chunk.id.in_(ids[start : start + 5000]))
+        )
+        acls.update({row.id: row.acl for row in (await s.execute(query)).all()})
+    return acls
+
+
+def _restricted(answer: Answer, acls: dict[str, list[str]]) -> bool:
+    if answer.restricted:
+        return True
+    for chunk_id in _checked_chunks(answer):
+        acl = acls.get(chunk_id)
+        if acl is None:
+            if answer.restricted is None:
+                return True  # an old answer's passage that is gone: it cannot be shown to be public
+        elif PUBLIC not in acl:
+            return True
+    return False
 
 
 def build(

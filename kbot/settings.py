@@ -41,6 +41,12 @@ class ChannelPolicy(BaseModel):
         "every message posted in the channel.",
     )
     enabled: bool = Field(default=True, description="False: kbot stays silent here.")
+    groups: list[str] = Field(
+        default_factory=list,
+        description="ACL groups whose documents may be shown here. In a shared place (a channel, a "
+        "group chat) everyone there reads the answers, so an asker's groups count only if listed here; "
+        "empty = only documents open to everyone. Direct messages always use the asker's own groups.",
+    )
 
 
 class Settings(BaseSettings):
@@ -165,14 +171,16 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-channel policy, keyed "slack:C0123" (a channel or DM id), "teams:<conversation, '
         'channel or team id>", "slack:*" / "teams:*" (every channel of that platform without its own '
-        'entry) or "*" (everywhere). Unlisted: all collections, mention only.',
+        'entry) or "*" (everywhere). Unlisted: all collections, mention only, '
+        "no restricted documents in shared places.",
     )
     groups: dict[str, list[str]] = Field(
         default_factory=dict,
         description='ACL groups of askers, keyed "slack:U0123" (a user), "slack:S0123" (a user group: '
         'its members), "slack:T0123" (a workspace), "teams:<AAD object id>", "teams:<tenant id>", '
         '"slack:*" / "teams:*" (everyone there) or "*". Documents ingested with --acl are shown only to '
-        "askers in one of their groups.",
+        "askers in one of their groups — in channels and group chats only where the channel's policy "
+        "lists that group too (see ChannelPolicy.groups).",
     )
     max_concurrent_answers: int = Field(
         default=4,

@@ -137,7 +137,11 @@ async def slack_env(
             "slack_api_url": slack.url + "/api/",
             "slack_update_interval_s": 0,
             "source_links": {str(EXAMPLES) + "/": WIKI},
-            "channels": {"slack:CALL": {"mention_only": False}, "slack:COFF": {"enabled": False}},
+            "channels": {
+                "slack:CALL": {"mention_only": False},
+                "slack:COFF": {"enabled": False},
+                "slack:CHR": {"groups": ["hr"]},  # the HR team's channel may show hr documents
+            },
             "groups": {"slack:S0HR": ["hr"]},
         }
         settings = Settings(**{**options, **overrides})

@@ -194,6 +194,41 @@ async def test_openai_backend_streams_and_loads_adapters_at_runtime(
         await backend.close()
 
 
+async def test_restricted_text_in_a_thread_marks_its_later_answers_too(
+    settings: Settings, handbook_kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    """The answer log says when restricted text reached the model: as a source, or as an earlier
+    turn of the thread (its history is in the prompt). The export leaves such answers out."""
+    (tmp_path / "hr-only").mkdir()
+    (tmp_path / "hr-only" / "salary-bands.md").write_text(
+        "# Salary bands\n\nEngineers at level 2 earn between 70,000 and 85,000 euros per year.\n"
+    )
+    await handbook_kb.ingest([str(tmp_path / "hr-only")], "hr", acl=["hr"])
+    async with fake_openai_server() as fake:
+        backend = OpenAIBackend(fake.url, model="served-base")
+        a = await Answerer.open(settings, kb=handbook_kb, backend=backend)
+        salary, leave = (
+            "How much do engineers at level 2 earn per year?",
+            "How many days of sick leave do I get?",
+        )
+        public = await a.ask(Question(leave, ["hr"], groups=["hr"], thread="t-public"))
+        secret = await a.ask(Question(salary, ["hr"], groups=["hr"], thread="t-hr"))
+        later = await a.ask(Question(leave, ["hr"], groups=["hr"], thread="t-hr"))
+        outsider = await a.ask(Question(salary, ["hr"], thread="t-out"))
+        results = {"public": public, "secret": secret, "later": later, "outsider": outsider}
+        rows = {name: await logged(a, r.answer_id) for name, r in results.items()}
+        assert any(h["used"] and h["source"].endswith("salary-bands.md") for h in rows["secret"].retrieved)
+        assert not any(h["source"].endswith("salary-bands.md") for h in rows["outsider"].retrieved)
+        assert {name: row.restricted for name, row in rows.items()} == {
+            "public": False,
+            "secret": True,
+            "later": True,  # its own sources are public, but its history is not
+            "outsider": False,
+        }
+        await a.close()
+        await backend.close()
+
+
 async def test_openai_backend_reports_http_errors() -> None:
     async with fake_openai_server() as fake:
         backend = OpenAIBackend(fake.url, model="not-served")

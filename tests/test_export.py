@@ -23,6 +23,7 @@ async def answer(
     chunks: tuple[str, ...] = ("c1",),
     status: str = "ok",
     platform: str = "slack",
+    restricted: bool | None = False,
 ) -> str:
     answer_id = str(uuid.uuid4())
     async with db.session() as s:
@@ -41,12 +42,13 @@ async def answer(
                     {"role": "system", "content": "sys"},
                     {"role": "user", "content": f"Q: {question}"},
                 ],
-                retrieved=[{"chunk_id": c, "score": 1.0, "source": "hr.md"} for c in chunks],
+                retrieved=[{"chunk_id": c, "score": 1.0, "source": "hr.md", "used": True} for c in chunks],
                 answer=text,
                 citations=[],
                 status=status,
                 base_model="m",
                 latency_ms=1,
+                restricted=restricted,
             )
         )
     return answer_id
@@ -178,3 +180,52 @@ async def test_question_vectors_from_the_answer_log_are_reused(database: Databas
 
     await export_feedback(database, ExportOptions(), embed=other_model, embed_model="model-b")  # type: ignore[arg-type]
     assert len(embedded) == 2  # vectors of another model are not mixed in
+
+
+async def test_answers_that_used_restricted_documents_are_never_exported(database: Database) -> None:
+    """An adapter answers everyone: text only some may read must not be trained into it."""
+    from sqlalchemy import update
+
+    from kbot.db.models import Chunk, Collection, Document
+
+    async with database.session() as s:
+        s.add(Collection(name="hr", embedding_model="m", embedding_dim=2))
+        for doc_id, acl in ((1, ["*"]), (2, ["hr"])):
+            s.add(
+                Document(
+                    id=doc_id, collection="hr", source=f"d{doc_id}.md", title="t", content_hash="h",
+                    ingest_key="k", acl=acl, size_bytes=1, chunk_count=1,
+                )
+            )  # fmt: skip
+        await s.flush()
+        s.add(Chunk(id="public", document_id=1, ordinal=0, heading="", token_count=1))
+        s.add(Chunk(id="hr-only", document_id=2, ordinal=0, heading="", token_count=1))
+    votes = VoteLog(database)
+
+    async def rated(question: str, text: str, **kwargs: object) -> str:
+        answer_id = await answer(database, question, text, **kwargs)  # type: ignore[arg-type]
+        await votes.vote(answer_id=answer_id, platform="slack", voter="U2", value=1, origin="button")
+        return answer_id
+
+    marked = await rated("Salary bands?", "CANARY-1 level 2 earns 70,000 [1].", restricted=True)
+    await votes.correct(answer_id=marked, platform="slack", author="U3", text="CANARY-2 it is 72,000.")
+    await rated("Bonus?", "CANARY-3 bonus [1].", chunks=("hr-only",))  # ACL tightened since
+    await rated("Old salary?", "CANARY-4 old [1].", chunks=("gone",), restricted=None)  # logged before
+    await rated("Old leave?", "Ten days [1].", chunks=("public",), restricted=None)
+    await rated("Leave?", "Twenty days [1].", chunks=("public",))
+    found = await rated("Gym?", "30 euros [1].", chunks=("public", "hr-only"))
+    async with database.session() as s:  # hr-only was found, but judged irrelevant: not in the prompt
+        retrieved = [{"chunk_id": "public", "used": True}, {"chunk_id": "hr-only", "used": False}]
+        await s.execute(update(Answer).where(Answer.id == found).values(retrieved=retrieved))
+
+    result = await export_feedback(database, ExportOptions())
+    rows = [*result.dpo, *result.kto, *result.sft]
+    assert "CANARY" not in str(rows)
+    assert {r["messages"][-1]["content"] for r in result.sft} == {
+        "Ten days [1].",
+        "Twenty days [1].",
+        "30 euros [1].",
+    }
+    assert result.dropped["vote on an answer that used restricted documents"] == 3
+    assert result.dropped["correction of an answer that used restricted documents"] == 1
+    assert "restricted documents: 3" in result.summary()

@@ -57,12 +57,13 @@ async def feedback_history(db: Database, *, flipped: bool = False, at: datetime 
                         question=row["prompt"][-1]["content"],
                         search_query="q",
                         messages=row["prompt"],
-                        retrieved=[{"chunk_id": f"c{i}", "score": 1.0, "source": "hr.md"}],
+                        retrieved=[{"chunk_id": f"c{i}", "score": 1.0, "source": "hr.md", "used": True}],
                         answer=text,
                         citations=[],
                         status="ok",
                         base_model="m",
                         latency_ms=1,
+                        restricted=False,
                     )
                 )
             await votes.vote(

@@ -37,7 +37,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -892,6 +892,84 @@ async def test_the_canaries_are_there_to_be_found(evidence: Evidence) -> None:
     assert CANARIES["layoffs"].rsplit("-", 1)[1] in sent
 
 
+async def test_hr_members_in_shared_places_get_only_what_everyone_there_may_see(evidence: Evidence) -> None:
+    """Everyone in a channel or group chat reads kbot's answers there, so even an hr member's
+    question uses only the groups the place's policy grants (Slack CHR grants hr: the control).
+    An outsider's follow-up in such a thread finds nothing restricted in its memory either; and an
+    answer that did use restricted text is never exported for training, whoever votes on it."""
+    srv = evidence.campaign.server
+    asks = ("What are the salary bands for engineers?", "Which office is closing in the layoff plan?")
+    before = {a.id for a in await srv.rows(Answer)}
+    keys: dict[str, str] = {}  # message key -> channel or conversation it was answered in
+    root = ""
+    for channel in ("C1", "CALL", "G0MPIM", "CHR"):  # mention, every-message channel, group DM, hr's
+        for text in asks:
+            ts = _slack_ts()
+            root = root if channel == "C1" and root else ts
+            await srv.env.event(mention(text, user=HR_SLACK_USER, channel=channel, ts=ts))
+            keys[f"slack:msg:{channel}:{ts}"] = channel
+    ts = _slack_ts()  # an outsider follows up in the hr member's thread in C1
+    await srv.env.event(
+        mention("And the bonus for senior staff?", user="U001", channel="C1", ts=ts, thread_ts=root)
+    )
+    keys[f"slack:msg:C1:{ts}"] = "C1"
+    helen = {"id": f"29:{HR_TEAMS_USER}", "name": "Helen", "aadObjectId": HR_TEAMS_USER}
+    group_chat = {
+        "conversationType": "groupChat",
+        "isGroup": True,
+        "tenantId": TENANT,
+        "id": "19:hr-lunch@thread.v2",
+    }
+    for n, text in enumerate(asks):
+        in_channel = channel_mention(srv.connector.url, text, root=f"17009{n:08d}")
+        in_group = {**channel_mention(srv.connector.url, text), "conversation": group_chat, "channelData": {}}
+        for body in (in_channel, in_group):
+            body["from"] = helen
+            assert (await srv.teams(body)).status in (200, 201)
+            keys[f"teams:msg:{body['conversation']['id']}:{body['id']}"] = body["conversation"]["id"]
+    for key in keys:
+        assert await srv.tracker.outcome(key) == "answered", key
+    answers = [a for a in await srv.rows(Answer) if a.id not in before]
+    assert len(answers) == len(keys)
+    for a in answers:  # what the model saw and what kbot said
+        seen = leaks(json.dumps([a.messages, a.retrieved, a.answer, a.citations], ensure_ascii=False))
+        assert bool(seen) == (a.channel == "CHR"), (a.channel, a.question, seen)
+    slack_shown: dict[str, str] = defaultdict(str)
+    for call in srv.env.slack.calls:
+        slack_shown[str(call.params.get("channel"))] += json.dumps(call.params, ensure_ascii=False)
+    assert {ch: leaks(slack_shown[ch]) for ch in ("C1", "CALL", "G0MPIM")} == {
+        "C1": [],
+        "CALL": [],
+        "G0MPIM": [],
+    }
+    assert leaks(slack_shown["CHR"])  # the control: hr's own channel may show them
+    teams_shown = [
+        json.dumps(sent.activity, ensure_ascii=False)
+        for sent in srv.connector.sent
+        if any(part in sent.path for part in ("hr-lunch", "17009"))
+    ]
+    assert len(teams_shown) >= 4 and leaks("".join(teams_shown)) == []
+
+    restricted = [a for a in answers if a.channel == "CHR"]
+    assert restricted and all(a.restricted for a in restricted)
+    recorded = srv.service.stats["feedback_recorded"]
+    for a in restricted:  # people like the restricted answers: still nothing of them is exported
+        click = {
+            "type": "block_actions",
+            "user": {"id": "U007"},
+            "trigger_id": "1.2.3",
+            "container": {"type": "message", "message_ts": "1.1", "channel_id": "CHR"},
+            "channel": {"id": "CHR"},
+            "message": {"ts": "1.1"},
+            "actions": [{"action_id": render.VOTE_UP, "value": a.id, "type": "button"}],
+        }
+        assert (await srv.env.interact(click)).status == 200
+    await wait_until(lambda: srv.service.stats["feedback_recorded"] >= recorded + len(restricted))
+    export = await export_feedback(srv.service.answerer.kb.db, ExportOptions())
+    assert leaks(json.dumps([export.rows(fmt) for fmt in FORMATS], ensure_ascii=False)) == []
+    assert export.dropped["vote on an answer that used restricted documents"] >= len(restricted)
+
+
 # --- forged, tampered and replayed requests ---
 
 SALARY_QUESTION = "What are the salary bands for engineers at level 2?"
@@ -1076,8 +1154,12 @@ SECRETS = {
     "qdrant_api_key": f"qdrant-api-key-{secrets.token_hex(8)}",
 }
 DB_PASSWORD = f"db-password-{secrets.token_hex(8)}"
+URL_PASSWORD = f"url-password-{secrets.token_hex(8)}"  # credentials inside a server's URL
 # What is looked for: each secret's random part, which also catches a secret shown cut short.
-SECRET_MARKS = {name: value.rsplit("-", 1)[1] for name, value in {**SECRETS, "db": DB_PASSWORD}.items()}
+SECRET_MARKS = {
+    name: value.rsplit("-", 1)[1]
+    for name, value in {**SECRETS, "db": DB_PASSWORD, "url": URL_PASSWORD}.items()
+}
 
 
 def shown_secrets(text: str) -> list[str]:
@@ -1182,6 +1264,7 @@ async def _use_teams_web_and_admin(srv: Server) -> None:
 
 async def _fail_around_the_secrets(srv: Server, qdrant_url: str) -> None:
     """The model too slow, the database down, the vector store down, Slack refusing the token."""
+    from agent.backends.openai import OpenAIBackend
     from bot.ledger import ChatLedger
     from kbot.db import Database
     from knowledge.vectorstore.server import QdrantServerStore
@@ -1200,11 +1283,21 @@ async def _fail_around_the_secrets(srv: Server, qdrant_url: str) -> None:
         await broken.close()
     kb = srv.service.answerer.kb
     store = kb.store
-    kb.store = QdrantServerStore(qdrant_url, collection="kbot", api_key=SECRETS["qdrant_api_key"])
+    with_credentials = f"http://kbot:{URL_PASSWORD}@127.0.0.1:{free_port()}/?api_key={URL_PASSWORD}"
+    for url in (qdrant_url, with_credentials):
+        kb.store = QdrantServerStore(url, collection="kbot", api_key=SECRETS["qdrant_api_key"])
+        try:
+            assert (await ask_web(srv, question))[-2][1]["status"] == "error"
+        finally:
+            kb.store = store
+    answerer = srv.service.answerer
+    backend = answerer.backend
+    answerer.backend = OpenAIBackend(f"http://{URL_PASSWORD}@127.0.0.1:{free_port()}/v1", model="served-base")
     try:
         assert (await ask_web(srv, question))[-2][1]["status"] == "error"
     finally:
-        kb.store = store
+        await answerer.backend.close()
+        answerer.backend = backend
     srv.env.slack.revoked.add(SECRETS["slack_bot_token"])
     event = mention(SALARY_QUESTION, user="U003")
     body = event_body(event, "EvREVOKED")

@@ -211,17 +211,39 @@ async def test_slack_rate_limit_on_the_web_api_is_retried(env: SlackEnv) -> None
     assert len([c for c in env.slack.named("chat.update") if c.params["ts"] == final["ts"]]) >= 2
 
 
-async def test_acl_groups_come_from_users_and_user_groups(env: SlackEnv) -> None:
-    """salary-bands.md is ingested for group hr only; Slack user group S0HR maps to hr."""
+async def test_restricted_documents_only_where_everyone_who_reads_may_see_them(env: SlackEnv) -> None:
+    """salary-bands.md is for group hr; Slack user group S0HR maps to hr. Channel CHR may show hr
+    documents, C1 may not: an hr member's answer there is read by the whole channel."""
     question = "How much do engineers at level 2 earn per year?"
-    await env.event(mention(question, user="UHR"))  # a member of S0HR
-    await env.event(mention(question, user="U1"))  # not a member
-    await wait_until(lambda: env.stats["answered"] == 2)
+    await env.event(mention(question, user="UHR", channel="C1"))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    assert env.slack.named("usergroups.users.list") == []  # C1 shows nothing restricted: no lookup
+    await env.event(message(question, user="UHR", channel="D1", channel_type="im"))
+    await env.event(mention(question, user="UHR", channel="CHR"))
+    await env.event(mention(question, user="U1", channel="CHR"))  # in the channel, not in hr
+    await wait_until(lambda: env.stats["answered"] == 4)
     assert env.slack.named("usergroups.users.list")[0].params["usergroup"] == "S0HR"
-    by_asker = {a.asker: a for a in await rows(env, Answer)}
-    assert any(r["source"].endswith("salary-bands.md") for r in by_asker["UHR"].retrieved)
-    assert not any(r["source"].endswith("salary-bands.md") for r in by_asker["U1"].retrieved)
-    assert "70,000" not in json.dumps(by_asker["U1"].messages)  # never shown to the model for U1
+    answers = {(a.asker, a.channel): a for a in await rows(env, Answer)}
+    salary = {
+        k: any(r["source"].endswith("salary-bands.md") for r in a.retrieved) for k, a in answers.items()
+    }
+    assert salary == {("UHR", "C1"): False, ("UHR", "D1"): True, ("UHR", "CHR"): True, ("U1", "CHR"): False}
+    for key in (("UHR", "C1"), ("U1", "CHR")):
+        assert "70,000" not in json.dumps(answers[key].messages)  # never shown to the model
+    # What reached the model decides what may be trained on (the export leaves restricted out).
+    assert {k: a.restricted for k, a in answers.items()} == salary
+
+
+async def test_not_found_in_a_channel_points_to_direct_messages(env: SlackEnv) -> None:
+    question = "What is the airspeed velocity of an unladen swallow?"
+    await env.event(mention(question, user="UHR", channel="C1", ts="1700000000.000061"))
+    await env.event(message(question, user="UHR", channel="D1", channel_type="im"))
+    await wait_until(lambda: env.stats["answered"] == 2)
+    texts = {a.channel: a.answer for a in await rows(env, Answer)}
+    assert "everyone here may see" in texts["C1"] and "direct message" in texts["C1"]
+    assert "available to you" in texts["D1"] and "direct message" not in texts["D1"]
+    [posted] = [c.params for c in env.slack.named("chat.postMessage") if c.params["channel"] == "C1"]
+    assert "direct message" in env.final(posted["_ts"])["text"]
 
 
 async def test_long_answer_is_split_into_messages_in_the_thread(tmp_path: Path, embedder: Embedder) -> None:

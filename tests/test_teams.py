@@ -235,26 +235,47 @@ async def test_model_failure_becomes_a_message_in_the_chat(tmp_path: Path, embed
 
 
 async def test_acl_groups_and_team_policies_from_configuration(tmp_path: Path, embedder: Embedder) -> None:
-    """salary-bands.md is for group hr: Alice (by AAD id) is in it, Bob is not; the HR team is off."""
+    """salary-bands.md is for group hr: Alice (by AAD id) is in it, Bob is not. The HR team's
+    channels may show hr documents; a group chat may not; the Ops team is switched off."""
     overrides = {
         "groups": {"teams:aad-alice": ["hr"]},
-        "channels": {"teams:19:team-hr@thread.tacv2": {"enabled": False}},
+        "channels": {
+            "teams:19:team-hr@thread.tacv2": {"groups": ["hr"]},
+            "teams:19:team-ops@thread.tacv2": {"enabled": False},
+        },
     }
     async with teams_env(tmp_path, embedder, **overrides) as teams:
         question = "How much do engineers at level 2 earn per year?"
-        await teams.post(teams.activity(text=question))
         bob = {"id": "29:1bob", "name": "Bob", "aadObjectId": "aad-bob"}
-        await teams.post(
+        # Alice in a group chat: a mention, as in a channel, but no team.
+        group_chat = {"conversationType": "groupChat", "isGroup": True, "id": "19:lunch@thread.v2"}
+        ops = channel_mention(teams.connector.url, question, root="1700000000300")
+        ops["channelData"]["team"] = {"id": "19:team-ops@thread.tacv2"}
+        for body in (
+            teams.activity(text=question),  # Alice, one-to-one
             teams.activity(
                 text=question, conversation={"conversationType": "personal", "id": "a:1bob"}, **{"from": bob}
+            ),
+            channel_mention(teams.connector.url, question),  # Alice in the HR team's channel
+            {**channel_mention(teams.connector.url, question, root="1700000000200"), "from": bob},
+            {**channel_mention(teams.connector.url, question), "conversation": group_chat, "channelData": {}},
+            ops,
+        ):
+            await teams.post(body)
+        await wait_until(lambda: teams.stats["answered"] == 5 and teams.stats["ignored"] == 1)
+        salary = {
+            (a.asker, a.channel.split("@")[0]): any(
+                r["source"].endswith("salary-bands.md") for r in a.retrieved
             )
-        )
-        await teams.post(channel_mention(teams.connector.url, question))  # in the switched-off team
-        await wait_until(lambda: teams.stats["answered"] == 2 and teams.stats["ignored"] == 1)
-        by_asker = {a.asker: a for a in await teams.rows(Answer)}
-        assert set(by_asker) == {"aad-alice", "aad-bob"}
-        assert any(r["source"].endswith("salary-bands.md") for r in by_asker["aad-alice"].retrieved)
-        assert not any(r["source"].endswith("salary-bands.md") for r in by_asker["aad-bob"].retrieved)
+            for a in await teams.rows(Answer)
+        }
+        assert salary == {
+            ("aad-alice", "a:1alice-personal"): True,
+            ("aad-bob", "a:1bob"): False,
+            ("aad-alice", "19:hr-help"): True,
+            ("aad-bob", "19:hr-help"): False,  # the channel may, but Bob may not
+            ("aad-alice", "19:lunch"): False,  # Alice may, but the group chat may not
+        }
 
 
 async def test_open_mode_without_an_app_id_answers_the_emulator(tmp_path: Path, embedder: Embedder) -> None:

@@ -102,6 +102,10 @@ async def test_acl_hides_restricted_chunks(store: VectorStore) -> None:
             assert all("CANARY" not in h.text for h in await store.search(q))
     hits = await store.search(SearchQuery(["hr"], ["hr-team"], limit=10, sparse=query_vector("secret")))
     assert [h.text for h in hits] == ["secret CANARY-7731"]
+    # Hits say who may see them: the answer log marks answers that used restricted text.
+    assert hits[0].acl == ("hr-team",) and hits[0].restricted
+    public = await store.search(SearchQuery(["hr"], [], limit=10, dense=vec(0).tolist()))
+    assert [(h.acl, h.restricted) for h in public] == [(("*",), False)]
 
 
 async def test_delete_document_keeps_listed_ids(store: VectorStore) -> None:

@@ -10,13 +10,12 @@ here only translate. Events kbot handles:
 - ``reaction_added`` / ``reaction_removed`` with 👍/👎 (any skin tone) on kbot's answers → votes;
 - the answer's buttons → votes, and a modal whose text is stored as a correction.
 
-A body bolt cannot read is a 400 before dispatch (:mod:`bot.slack.payload`); fields of other
-types than Slack sends make a listener ignore the event. A question longer than
-:data:`bot.limits.MAX_QUESTION` is cut, and the asker told so in private.
+A body bolt cannot read is a 400 before dispatch (:mod:`bot.slack.payload`); fields of other types
+make a listener ignore the event. Questions over :data:`bot.limits.MAX_QUESTION` are cut, with a
+private notice. Only direct messages are private: channel answers use what the channel may see.
 
-Required bot scopes: ``app_mentions:read``, ``chat:write``, ``im:history``, ``channels:history``
-(``groups:history`` for private channels), ``reactions:read``; ``usergroups:read`` when
-``Settings.groups`` names user groups.
+Bot scopes: ``app_mentions:read``, ``chat:write``, ``im:history``, ``channels:history`` (and
+``groups:history``), ``reactions:read``; ``usergroups:read`` when ``Settings.groups`` names groups.
 """
 
 from __future__ import annotations
@@ -220,6 +219,7 @@ class SlackAdapter:
             thread=channel if is_dm else thread_ts or ts,
             text=question,
             addressed=addressed,
+            private=is_dm,
             in_thread=bool(thread_ts and thread_ts != ts),
             mentions_others=bool(mentions(text) - {context.bot_user_id, user}),
             identities=(team,) if team else (),

@@ -187,6 +187,8 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             text = text.replace(mention, " ", 1)
         question, reply = limit_question(" ".join(text.split()), self._adapter.reply_for(activity))
         team, channel = _channel_data_id(activity, "team"), _channel_data_id(activity, "channel")
+        # Restricted documents only where the asker alone reads the answer: a one-to-one chat.
+        private = personal and not conversation.is_group and not (team or channel)
         message = IncomingMessage(
             platform=PLATFORM,
             key=f"{PLATFORM}:msg:{conversation.id}:{activity.id}",
@@ -195,6 +197,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             thread=conversation.id,  # memory per chat, or per channel thread
             text=question,
             addressed=personal or bool(mentions),
+            private=private,
             places=tuple(p for p in (channel, team) if p),
             identities=tuple(t for t in (_tenant(activity),) if t),
         )

@@ -130,6 +130,7 @@ class WebChat:
             thread=conversation,
             text=text,
             addressed=True,
+            private=True,
         )
         # Shielded: a closed tab must not cancel the answer half-way (it is logged either way).
         outcome = await asyncio.shield(self.service.submit(message, reply))

@@ -134,6 +134,10 @@ class Answer(Base):
     # groups near-duplicate questions with it instead of embedding them again.
     question_vector: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
     embedding_model: Mapped[str] = mapped_column(String(512), default="")
+    # Restricted text (a document ingested with --acl) was in the prompt, as a source or in the
+    # thread's history. Such answers are never exported for training: an adapter answers everyone.
+    # NULL: logged before kbot recorded it (the export then judges by the retrieved chunks).
+    restricted: Mapped[bool | None] = mapped_column(nullable=True)
 
 
 # --- bot/: inbound event ledger (dedupe + rate limits) and where each answer was posted ---

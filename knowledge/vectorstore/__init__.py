@@ -29,7 +29,7 @@ RRF_K = 60
 # Payload fields that searches and deletes filter on; each gets a payload index.
 INDEXED_FIELDS = ("collection", "acl", "source")
 # Payload fields a search returns (``acl`` and ``ordinal`` stay inside the store).
-RETURNED_FIELDS = ["collection", "source", "title", "heading", "text"]
+RETURNED_FIELDS = ["collection", "source", "title", "heading", "text", "acl"]
 
 
 class ChunkPayload(TypedDict):
@@ -87,6 +87,12 @@ class Hit:
     title: str
     heading: str
     text: str
+    acl: tuple[str, ...] = ()  # the groups that may see it; PUBLIC for everyone
+
+    @property
+    def restricted(self) -> bool:
+        """Not open to everyone (an unknown ACL counts as restricted)."""
+        return PUBLIC not in self.acl
 
 
 class VectorStore(Protocol):
@@ -120,4 +126,5 @@ def hit_from_payload(chunk_id: object, score: float, payload: dict[str, object] 
         title=str(p.get("title", "")),
         heading=str(p.get("heading", "")),
         text=str(p.get("text", "")),
+        acl=tuple(str(g) for g in acl) if isinstance(acl := p.get("acl"), list) else (),
     )
