@@ -15,8 +15,8 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from agent.answering import Answerer, AnswerResult, Question
@@ -79,6 +79,7 @@ class FeedbackEvent:
     origin: str = "reaction"
     text: str = ""  # the correction, or a comment on a vote
     key: str = ""  # the platform's event id, for dedupe; "" when the platform never retries
+    at: float = 0.0  # when kbot received it (epoch s), set when it is spooled: older never wins
 
 
 class Reply(Protocol):
@@ -302,7 +303,7 @@ class ChatService:
     def _keep(self, event: FeedbackEvent) -> str:
         assert self.spool is not None
         try:
-            self.spool.put(asdict(event))
+            self.spool.put(asdict(replace(event, at=event.at or time.time())))
         except OSError as exc:
             raise StoreError(f"The SQL store is down and feedback could not be kept on disk: {exc}") from exc
         self.stats["feedback_spooled"] += 1
@@ -310,8 +311,9 @@ class ChatService:
         return SPOOLED
 
     async def flush_feedback(self) -> int:
-        """Write the feedback waiting on disk, if the store answers again; how many were written."""
-        if self.spool is None or not self.spool.pending:
+        """Write the feedback waiting on disk (this server's, or left by one that is gone), if the
+        store answers again; how many were written."""
+        if self.spool is None or not (self.spool.pending or self.spool.rescan()):
             return 0
         written = await self.spool.replay(self._replay)
         metrics.FEEDBACK_WAITING.set(self.spool.pending)
@@ -320,7 +322,7 @@ class ChatService:
     async def _replay(self, data: dict[str, object]) -> None:
         event = FeedbackEvent(**data)  # type: ignore[arg-type]
         # No dedupe claim: the platform's retries were answered when it was kept, and
-        # writing a vote twice changes nothing.
+        # writing a vote twice changes nothing; nor does it undo a newer one (``at``).
         self._recorded(event, await self._feedback(event, claim=False))
 
     async def _feedback(self, event: FeedbackEvent, *, claim: bool = True) -> str | None:
@@ -335,6 +337,7 @@ class ChatService:
         )
         if answer_id is None:
             return None  # a reaction on some other message
+        at = datetime.fromtimestamp(event.at, UTC) if event.at else None
         if event.kind == "vote":
             await self.votes.vote(
                 answer_id=answer_id,
@@ -343,14 +346,15 @@ class ChatService:
                 value=event.value,
                 origin=event.origin,
                 comment=event.text,
+                at=at,
             )
         elif event.kind == "unvote":
             await self.votes.unvote(
-                answer_id=answer_id, voter=event.user, value=event.value or None, origin=event.origin
+                answer_id=answer_id, voter=event.user, value=event.value or None, origin=event.origin, at=at
             )
         else:
             await self.votes.correct(
-                answer_id=answer_id, platform=event.platform, author=event.user, text=event.text
+                answer_id=answer_id, platform=event.platform, author=event.user, text=event.text, at=at
             )
         return answer_id
 

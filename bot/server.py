@@ -97,7 +97,8 @@ async def open_runtime(
         gc.freeze()
         db = answerer.kb.db
         await _check_channel_collections(settings, answerer.kb)
-        spool = FeedbackSpool(settings.data_dir / "spool" / "feedback.jsonl")
+        spool = FeedbackSpool(settings.data_dir / "spool")
+        stack.callback(spool.close)
         service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db), spool)
         stack.push_async_callback(service.drain, DRAIN_S)
         slack = SlackAdapter(settings, service) if settings.slack_enabled else None

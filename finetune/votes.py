@@ -54,15 +54,26 @@ class VoteLog:
         self._db = db
 
     async def vote(
-        self, *, answer_id: str, platform: str, voter: str, value: int, origin: str, comment: str = ""
+        self,
+        *,
+        answer_id: str,
+        platform: str,
+        voter: str,
+        value: int,
+        origin: str,
+        comment: str = "",
+        at: datetime | None = None,
     ) -> None:
-        """Record ``voter``'s live vote (+1 or -1) on an answer, replacing any earlier one."""
+        """Record ``voter``'s live vote (+1 or -1) on an answer, replacing any earlier one.
+
+        ``at``: when it was given, for a vote written late (kept on disk during an outage): it
+        then replaces only a vote older than that."""
         if value not in (1, -1):
             raise FeedbackError(f"A vote is +1 or -1, not {value!r}.")
         if origin not in ORIGINS:
             raise FeedbackError(f"Unknown vote origin {origin!r}; expected one of {', '.join(ORIGINS)}.")
         comment = comment.strip()[:MAX_TEXT]
-        now = utcnow()
+        now = at or utcnow()
         stmt = self._db.insert(Vote).values(
             answer_id=answer_id,
             platform=platform,
@@ -85,17 +96,29 @@ class VoteLog:
                     (new.comment != "", new.comment), (Vote.value == new.value, Vote.comment), else_=""
                 ),
             },
+            # A late write replaces only what is older; a live one always wins (replicas' clocks
+            # may differ a little, and the person's latest click is the truth).
+            where=Vote.updated_at <= new.updated_at if at is not None else None,
         )
         async with self._db.session() as s:
             await _require_answer(s, answer_id)
             await s.execute(stmt)
 
     async def unvote(
-        self, *, answer_id: str, voter: str, value: int | None = None, origin: str | None = None
+        self,
+        *,
+        answer_id: str,
+        voter: str,
+        value: int | None = None,
+        origin: str | None = None,
+        at: datetime | None = None,
     ) -> bool:
         """Delete ``voter``'s vote on an answer — only if it is ``value`` and came from ``origin``,
-        when given (taking back a reaction must not erase a button click). True if one went."""
+        when given (taking back a reaction must not erase a button click), and not newer than
+        ``at``. True if one went."""
         stmt = delete(Vote).where(Vote.answer_id == answer_id, Vote.voter == voter)
+        if at is not None:
+            stmt = stmt.where(Vote.updated_at <= at)
         if value is not None:
             stmt = stmt.where(Vote.value == value)
         if origin is not None:
@@ -104,20 +127,24 @@ class VoteLog:
             result = await s.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
 
-    async def correct(self, *, answer_id: str, platform: str, author: str, text: str) -> None:
-        """Store ``author``'s better answer, replacing their earlier correction of the same answer."""
+    async def correct(
+        self, *, answer_id: str, platform: str, author: str, text: str, at: datetime | None = None
+    ) -> None:
+        """Store ``author``'s better answer, replacing their earlier correction of the same answer
+        (only one older than ``at``, when given)."""
         text = text.strip()
         if not text:
             raise FeedbackError("A correction needs some text.")
         if len(text) > MAX_TEXT:
             raise FeedbackError(f"A correction may be at most {MAX_TEXT:,} characters long.")
-        now = utcnow()
+        now = at or utcnow()
         stmt = self._db.insert(Correction).values(
             answer_id=answer_id, platform=platform, author=author, text=text, created_at=now, updated_at=now
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=["answer_id", "author"],
             set_={"text": stmt.excluded.text, "updated_at": stmt.excluded.updated_at},
+            where=Correction.updated_at <= stmt.excluded.updated_at if at is not None else None,
         )
         async with self._db.session() as s:
             await _require_answer(s, answer_id)

@@ -413,6 +413,17 @@ def test_adapters_have_the_same_path_in_kbot_vllm_and_nightly(compose: dict[str,
     assert volumes["nightly"][1] is False, "the nightly job writes new adapters"
 
 
+def test_replicas_share_the_feedback_spool_in_a_folder_kbot_may_write(compose: dict[str, Any]) -> None:
+    # A replica gone for good during a database outage leaves its waiting votes to the others.
+    kbot = services(compose)["kbot"]
+    spool = str(PurePosixPath(environment(kbot)["KBOT_DATA_DIR"]) / "spool")
+    [(source, read_only)] = [(s, ro) for s, t, ro in mounts(kbot) if t == spool]
+    assert not is_bind(source) and read_only is False
+    # A fresh named volume takes the ownership of the image's folder: it must exist, kbot's.
+    runs = " ".join(args for kind, args in dockerfile_instructions(dockerfile_of(kbot)) if kind == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{re.escape(spool)}\b[^&]*&& chown -R kbot /data", runs), runs
+
+
 def test_named_volumes_and_networks_are_declared(compose: dict[str, Any]) -> None:
     declared_volumes = set(compose.get("volumes") or {})
     declared_networks = set(compose.get("networks") or {})

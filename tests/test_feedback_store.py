@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -75,6 +75,26 @@ async def test_corrections_replace_per_author(database: Database) -> None:
     await log.correct(answer_id=a, platform="slack", author="U1", text="  better  ")
     await log.correct(answer_id=a, platform="slack", author="U2", text="other")
     assert sorted((c.author, c.text) for c in await log.corrections(a)) == [("U1", "better"), ("U2", "other")]
+
+
+async def test_feedback_written_late_never_undoes_newer_feedback(database: Database) -> None:
+    """Feedback kept on disk during an outage is written later with the time it was given: it
+    replaces only what is older (another server may have written a newer vote meanwhile)."""
+    votes, answer_id = VoteLog(database), await _answer(database)
+    now = datetime.now(UTC)
+    await votes.vote(answer_id=answer_id, platform="slack", voter="U2", value=-1, origin="button")
+    before = now - timedelta(minutes=5)
+    await votes.vote(answer_id=answer_id, platform="slack", voter="U2", value=1, origin="button", at=before)
+    [live] = await votes.votes(answer_id)
+    assert live.value == -1  # the newer 👎 stands
+    assert not await votes.unvote(answer_id=answer_id, voter="U2", value=-1, at=before)
+    assert await votes.unvote(answer_id=answer_id, voter="U2", value=-1, at=now + timedelta(seconds=5))
+    await votes.vote(answer_id=answer_id, platform="slack", voter="U3", value=1, origin="button", at=before)
+    [late] = await votes.votes(answer_id)  # nothing newer to beat: written, with its own time
+    assert late.value == 1 and abs((late.updated_at.replace(tzinfo=UTC) - before).total_seconds()) < 1
+    await votes.correct(answer_id=answer_id, platform="slack", author="U2", text="Ten days.")
+    await votes.correct(answer_id=answer_id, platform="slack", author="U2", text="Five days.", at=before)
+    assert [c.text for c in await votes.corrections(answer_id)] == ["Ten days."]
 
 
 async def test_bad_feedback_is_a_clear_error(database: Database) -> None:

@@ -678,6 +678,19 @@ class Evidence:
     phases: dict[str, float]  # seconds
 
 
+def button_click(answer: Answer, action: str, user: str = "U007") -> dict[str, Any]:
+    """A Slack block_actions payload: ``user`` clicked 👍/👎 under ``answer``."""
+    return {
+        "type": "block_actions",
+        "user": {"id": user},
+        "trigger_id": "1.2.3",
+        "container": {"type": "message", "message_ts": "1.1", "channel_id": answer.channel},
+        "channel": {"id": answer.channel},
+        "message": {"ts": "1.1"},
+        "actions": [{"action_id": action, "value": answer.id, "type": "button"}],
+    }
+
+
 async def _vote(c: Campaign) -> int:
     """👍/👎 and corrections on outsiders' answers on every platform, so the export has rows."""
     srv = c.server
@@ -695,16 +708,7 @@ async def _vote(c: Campaign) -> int:
     slack_answers = [a for a in await srv.rows(Answer) if a.platform == "slack" and a.status == "ok"]
     for i, answer in enumerate(slack_answers[:20]):
         action = render.VOTE_UP if i % 2 else render.VOTE_DOWN
-        click = {
-            "type": "block_actions",
-            "user": {"id": "U007"},
-            "trigger_id": "1.2.3",
-            "container": {"type": "message", "message_ts": "1.1", "channel_id": answer.channel},
-            "channel": {"id": answer.channel},
-            "message": {"ts": "1.1"},
-            "actions": [{"action_id": action, "value": answer.id, "type": "button"}],
-        }
-        assert (await srv.env.interact(click)).status == 200
+        assert (await srv.env.interact(button_click(answer, action))).status == 200
         votes += 1
     shown_in_teams = [m for m in await srv.rows(AnswerMessage) if m.platform == "teams"][:12]
     for i, shown_msg in enumerate(shown_in_teams):
@@ -954,16 +958,7 @@ async def test_hr_members_in_shared_places_get_only_what_everyone_there_may_see(
     assert restricted and all(a.restricted for a in restricted)
     recorded = srv.service.stats["feedback_recorded"]
     for a in restricted:  # people like the restricted answers: still nothing of them is exported
-        click = {
-            "type": "block_actions",
-            "user": {"id": "U007"},
-            "trigger_id": "1.2.3",
-            "container": {"type": "message", "message_ts": "1.1", "channel_id": "CHR"},
-            "channel": {"id": "CHR"},
-            "message": {"ts": "1.1"},
-            "actions": [{"action_id": render.VOTE_UP, "value": a.id, "type": "button"}],
-        }
-        assert (await srv.env.interact(click)).status == 200
+        assert (await srv.env.interact(button_click(a, render.VOTE_UP))).status == 200
     await wait_until(lambda: srv.service.stats["feedback_recorded"] >= recorded + len(restricted))
     export = await export_feedback(srv.service.answerer.kb.db, ExportOptions())
     assert leaks(json.dumps([export.rows(fmt) for fmt in FORMATS], ensure_ascii=False)) == []
