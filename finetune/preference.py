@@ -57,16 +57,16 @@ def score(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]]) -> Prefere
 
 
 def score_adapter(base_model: str, adapter: Path | None, rows: Sequence[dict[str, Any]]) -> PreferenceScore:
-    """Load the base model with ``adapter`` (None: the base model itself, which scores 0.5) and score."""
+    """Load the base model with ``adapter`` and score. None is the base model itself: its own
+    reference, every margin exactly 0, so it scores 0.5 without a model being loaded."""
+    if adapter is None:
+        return PreferenceScore(0.5 if rows else 0.0, 0.0, len(rows))
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    else:  # a zero-initialised LoRA: exactly the base model, through the same code path
-        model = get_peft_model(model, LoraConfig(r=1, target_modules=["q_proj"], init_lora_weights=True))
+    model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return score(model, tokenizer, rows)

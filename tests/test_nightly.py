@@ -26,7 +26,7 @@ from knowledge.embeddings import Embedder
 from tests.test_training import FACTS, cite_pairs
 
 pytestmark = pytest.mark.slow
-FAST = TrainConfig(steps=8, max_length=192)
+FAST = TrainConfig(steps=4, max_length=192)
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ async def test_crash_before_promotion_keeps_the_previous_adapter(answerer: Answe
         await run_nightly(
             settings,
             answerer,
-            NightlyConfig(train=TrainConfig(steps=2, max_length=128)),
+            NightlyConfig(train=TrainConfig(steps=1, max_length=128)),
             before_promote=crash,
         )
     assert isinstance(raised.value.__cause__, RuntimeError)  # the cause stays in the chain

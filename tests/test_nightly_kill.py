@@ -173,7 +173,7 @@ class Child:
     """`kbot -v nightly` in a child process, its log lines collected as they come."""
 
     def __init__(self, world: World) -> None:
-        args = [*KBOT, "-v", "nightly", "--min-pairs", "5", "--steps", "2"]
+        args = [*KBOT, "-v", "nightly", "--min-pairs", "5", "--steps", "1"]
         self.proc = subprocess.Popen(
             args, cwd=world.root, env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
