@@ -35,10 +35,10 @@ Apply = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class FeedbackSpool:
-    def __init__(self, folder: Path, *, name: str | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.path = folder / f"feedback-{name}.jsonl"
         owner = _claim(self.path)
         if owner is None:
