@@ -189,7 +189,6 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         metrics.HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 

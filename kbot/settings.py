@@ -8,6 +8,7 @@ models bundled as Python packages, all under ``KBOT_DATA_DIR``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -164,6 +165,12 @@ class Settings(BaseSettings):
         "Unset: /api/messages runs open, for the Bot Framework Emulator only.",
     )
     teams_app_password: SecretStr | None = Field(default=None, description="Client secret of that app.")
+    teams_emulator: bool = Field(
+        default=False,
+        description="Open /api/messages without authentication, for the Bot Framework Emulator on this "
+        "machine: only without teams_app_id and on a loopback address; replies go to loopback service "
+        "URLs only, and no ACL group ever applies to its (unauthenticated) askers.",
+    )
     teams_tenant_id: str | None = Field(
         default=None, description="Tenant of a single-tenant bot app; unset for a multi-tenant app."
     )
@@ -210,6 +217,23 @@ class Settings(BaseSettings):
         "their KBOT_GROUPS; unset: web askers are anonymous and see only documents open to everyone. Set "
         "it only when every request passes through that proxy.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (e.g. 172.18.0.0/16) of reverse proxies whose X-Forwarded-For "
+        "names the client. Anonymous web askers are rate-limited per client address: without a trusted "
+        "proxy it is the connection's address.",
+    )
+    train_on_anonymous: bool = Field(
+        default=False,
+        description="Let feedback and corrections from anonymous web visitors reach training exports. "
+        "Off: they are recorded and shown on the dashboard, never trained on (anyone can be anonymous).",
+    )
+    max_question_tokens: int = Field(
+        default=512,
+        ge=16,
+        le=32768,
+        description="Longest question, in tokens of the chat model; a longer one is cut, and the asker told.",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Opens the dashboard (/dashboard) and admin APIs: a Bearer token, or ?token= once. "
@@ -244,6 +268,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f'key {key!r} must look like "slack:C0123", "teams:<id>", "web:<id>", "slack:*" or "*"'
                 )
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
         return value
 
     @field_validator("qdrant_collection")

@@ -22,7 +22,21 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+# Sent on every response, whatever made it (pages, static files, errors, event streams): a page
+# served under another path must not be frameable or sniffed into something else.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 MAX_DAYS = 366
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: runs for every response, streamed and static ones included."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 class WebUI:
@@ -32,6 +46,7 @@ class WebUI:
         self.auth = auth
 
     def mount(self, app: web.Application) -> None:
+        app.on_response_prepare.append(security_headers)
         if self.settings.web_chat:
             app.router.add_get("/", self._page("index.html"))
             WebChat(self.settings, self.service).add_routes(app)
@@ -44,7 +59,7 @@ class WebUI:
     def _page(name: str) -> Handler:
         async def page(request: web.Request) -> web.StreamResponse:
             # The dashboard page itself holds no data; its API checks the admin's credentials.
-            return web.FileResponse(STATIC / name, headers={"Content-Security-Policy": CSP})
+            return web.FileResponse(STATIC / name)
 
         return page
 
