@@ -332,9 +332,16 @@ class ChatService:
             and not await self.ledger.claim(event.key, platform=event.platform, actor=event.user)
         ):
             return None
-        answer_id = event.answer_id or await self.ledger.answer_for_message(
-            platform=event.platform, channel=event.channel, message_id=event.message_id
-        )
+        answer_id = event.answer_id
+        if event.message_id:
+            shown = await self.ledger.answer_for_message(
+                platform=event.platform, channel=event.channel, message_id=event.message_id
+            )
+            if answer_id is not None and shown != answer_id:
+                # A payload naming an answer that this message, in this place, never showed.
+                log.info("ignored %s feedback on answer %s: not shown there", event.platform, answer_id)
+                return None
+            answer_id = shown
         if answer_id is None:
             return None  # a reaction on some other message
         at = datetime.fromtimestamp(event.at, UTC) if event.at else None

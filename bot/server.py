@@ -210,9 +210,18 @@ async def _slack_events(request: web.Request) -> web.StreamResponse:
         # fields): the sender's fault either way.
         detail = exc if isinstance(exc, ValueError) else "it is not a Slack payload"
         raise web.HTTPBadRequest(text=f"malformed Slack request: {detail}") from exc
+    timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        # Bolt's signature check does int() on it and fails with a 500 on anything else.
+        log.info("refused a Slack request without a valid timestamp")
+        return web.json_response({"error": "invalid request"}, status=401)
     if (problem := slack_payload.problem(bolt_request.body)) is not None:
         raise web.HTTPBadRequest(text=f"malformed Slack request: {problem}")
     bolt_response = await adapter.app.async_dispatch(bolt_request)
+    if bolt_response.status == 401:
+        # Bolt's own line for this carries the whole unauthenticated body, so it is kept quiet
+        # (kbot.logs.PAYLOAD_LOGGERS); this one says what happened without it.
+        log.info("refused a Slack request with a bad signature or an expired timestamp")
     return await to_aiohttp_response(bolt_response)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.slack import render
-from bot.slack.app import clean_text, vote_value
+from bot.slack.text import clean_text, vote_value
 
 LINKS = {"handbook/": "https://wiki.example.com/hb/"}
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any, Literal
 
 from slack_bolt.async_app import AsyncApp
@@ -47,19 +46,14 @@ from bot.slack import render
 from bot.slack.directory import SlackDirectory
 from bot.slack.payload import field
 from bot.slack.reply import SlackReply, UpdateBudget, call_slack
+from bot.slack.text import clean_text, mentions, vote_value
 from kbot.errors import ConfigError, KbotError
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
-VOTE_REACTIONS = {"+1": 1, "thumbsup": 1, "-1": -1, "thumbsdown": -1}
 # Message subtypes that are a person writing; the rest are edits, joins, bots, deletions…
 _PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
-# No "<" inside a match: Slack escapes it in text, and scanning past one makes these quadratic.
-_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>")
-_LINK = re.compile(
-    r"<(https?://[^|<>]+)\|([^<>]+)>|<(https?://[^<>]+)>|<#C\w+\|([^<>]*)>|<!(here|channel|everyone)>"
-)
 
 
 def slack_client(settings: Settings) -> AsyncWebClient:
@@ -75,35 +69,6 @@ def slack_client(settings: Settings) -> AsyncWebClient:
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
-
-
-def vote_value(reaction: str) -> int | None:
-    """+1 / -1 for 👍 / 👎 reactions, skin tones included (``+1::skin-tone-3``); None otherwise."""
-    return VOTE_REACTIONS.get(reaction.split("::", 1)[0])
-
-
-def mentions(text: str) -> set[str]:
-    """User ids mentioned in a message (``<@U123>`` or the older ``<@U123|name>``)."""
-    return set(_MENTION.findall(text))
-
-
-def clean_text(text: str, bot_user_id: str | None) -> str:
-    """A Slack message as the question it asks: kbot's mention gone, links and entities readable."""
-    if bot_user_id:
-        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^<>]*)?>", " ", text)
-
-    def readable(m: re.Match[str]) -> str:
-        if m.group(1):
-            return f"{m.group(2)} ({m.group(1)})"
-        if m.group(3):
-            return m.group(3)
-        if m.group(4) is not None:
-            return f"#{m.group(4)}"
-        return f"@{m.group(5)}"
-
-    text = _LINK.sub(readable, text)
-    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    return " ".join(text.split())
 
 
 class IgnoreOtherBots(AsyncMiddleware):
@@ -313,19 +278,27 @@ class SlackAdapter:
         await ack()
         value = 1 if action["action_id"] == render.VOTE_UP else -1
         user, channel, thread = _who_where(body)
-        if not user:
+        shown_in = _clicked_message(body)
+        if not (user and channel and shown_in):
+            log.info("ignored a vote button without a user, channel or message")
             return
         try:
-            await self.service.feedback(
+            # The button names its answer; the vote counts only if that answer is what the
+            # clicked message in this channel shows (ChatService checks the pair).
+            recorded = await self.service.feedback(
                 FeedbackEvent(
                     platform=PLATFORM,
                     user=user,
                     kind="vote",
                     answer_id=field(action, "value"),
+                    channel=channel,
+                    message_id=shown_in,
                     value=value,
                     origin="button",
                 )
             )
+            if recorded is None:
+                return
             text = (
                 "Thanks, your 👍 is noted." if value > 0 else "Thanks, your 👎 is noted; kbot learns from it."
             )
@@ -338,7 +311,7 @@ class SlackAdapter:
         user, channel, thread = _who_where(body)
         if not (user and field(body, "trigger_id")):
             return  # no one to show the form to
-        modal = render.correction_modal(field(action, "value"), channel, thread or "")
+        modal = render.correction_modal(field(action, "value"), channel, thread or "", _clicked_message(body))
         try:
             trigger = field(body, "trigger_id")
             await call_slack("views.open", self.client.views_open(trigger_id=trigger, view=modal))
@@ -363,16 +336,21 @@ class SlackAdapter:
             log.warning("ignored a correction without a user")
             return
         try:
-            await self.service.feedback(
+            recorded = await self.service.feedback(
                 FeedbackEvent(
                     platform=PLATFORM,
                     user=user,
                     kind="correction",
                     answer_id=field(meta, "answer_id"),
+                    channel=field(meta, "channel"),
+                    message_id=field(meta, "message"),
                     origin="button",
                     text=text,
                 )
             )
+            if recorded is None:
+                log.warning("ignored a correction on an answer not shown in %s", field(meta, "channel"))
+                return
             reply = "Thanks! Your suggested answer is saved; kbot learns from it in its next training."
         except KbotError as exc:
             log.error("could not store a correction: %s", exc)
@@ -391,6 +369,11 @@ class SlackAdapter:
             )
         except KbotError as exc:
             log.warning("could not tell %s in %s: %s", user, channel, exc)
+
+
+def _clicked_message(body: dict[str, Any]) -> str:
+    """The ts of the message whose button was clicked."""
+    return field(body, "container", "message_ts") or field(body, "message", "ts")
 
 
 def _who_where(body: dict[str, Any]) -> tuple[str, str, str | None]:

@@ -148,11 +148,14 @@ def feedback_block(answer_id: str) -> dict[str, Any]:
     }
 
 
-def correction_modal(answer_id: str, channel: str, thread: str) -> dict[str, Any]:
+def correction_modal(answer_id: str, channel: str, thread: str, message: str) -> dict[str, Any]:
+    """The "suggest a better answer" form; ``message`` is the ts of the answer's message, which
+    the submission is checked against (the answer must have been shown in ``channel``)."""
+    meta = {"answer_id": answer_id, "channel": channel, "thread": thread, "message": message}
     return {
         "type": "modal",
         "callback_id": CORRECTION_VIEW,
-        "private_metadata": json.dumps({"answer_id": answer_id, "channel": channel, "thread": thread}),
+        "private_metadata": json.dumps(meta),
         "title": {"type": "plain_text", "text": "Suggest a better answer"},
         "submit": {"type": "plain_text", "text": "Save"},
         "close": {"type": "plain_text", "text": "Cancel"},
