@@ -116,11 +116,8 @@ async def test_a_correction_counts_only_for_the_answer_its_message_shows(env: Sl
     assert (await env.interact(click(render.SUGGEST, answer_id, ts))).status == 200
     await wait_until(lambda: bool(env.slack.named("views.open")))
     view = env.slack.named("views.open")[0].params["view"]
-    state = {
-        "values": {
-            render.CORRECTION_BLOCK: {render.CORRECTION_INPUT: {"type": "plain_text_input", "value": "Better."}}
-        }
-    }
+    typed = {render.CORRECTION_INPUT: {"type": "plain_text_input", "value": "Better."}}
+    state = {"values": {render.CORRECTION_BLOCK: typed}}
 
     def submission(metadata: str) -> dict[str, object]:
         return {
