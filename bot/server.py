@@ -36,6 +36,7 @@ from bot.slack import payload as slack_payload
 from bot.slack.app import SlackAdapter
 from bot.spool import FeedbackSpool
 from bot.teams.app import TeamsAdapter
+from bot.teams.guard import check_teams_mode
 from bot.web.auth import AdminAuth
 from bot.web.routes import WebUI
 from finetune.votes import VoteLog
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 3600.0
 SPOOL_RETRY_S = 2.0  # how soon feedback kept during a database outage is written once it is back
 DRAIN_S = 30.0
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SLACK_KEY = web.AppKey("slack", SlackAdapter)
 SERVICE_KEY = web.AppKey("service", ChatService)
 TEAMS_KEY = web.AppKey("teams", TeamsAdapter)
@@ -73,14 +73,13 @@ async def open_runtime(
     kb: KnowledgeBase | None = None,
     answerer: Answerer | None = None,
     teams_credentials: ServiceClientCredentialsFactory | None = None,
-    allow_open_teams: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Open the knowledge base, the model and the platform adapters; close them all on exit.
 
     ``kb`` and ``answerer`` passed in stay the caller's to close. ``teams_credentials`` replaces
-    how the bot gets its own Azure AD token (default: from the app id and password). Without a
-    Teams app id, ``/api/messages`` is mounted (unauthenticated, for the Emulator) only when
-    ``allow_open_teams``: ``kbot serve`` allows it on a loopback address only.
+    how the bot gets its own Azure AD token (default: from the app id and password). Teams is on
+    with a Teams app id, or, unauthenticated, with ``teams_emulator`` (``kbot serve`` refuses that
+    on an address other than loopback: :func:`bot.teams.guard.check_teams_mode`).
     """
     async with AsyncExitStack() as stack:
         if answerer is None:
@@ -105,8 +104,10 @@ async def open_runtime(
         if slack is not None:
             await slack.warm_up()
         teams = None
-        if settings.teams_app_id or allow_open_teams:
+        if settings.teams_app_id or settings.teams_emulator:
             teams = TeamsAdapter(settings, service, credentials_factory=teams_credentials)
+            stack.push_async_callback(teams.close)
+            await teams.warm_up()
         yield Runtime(settings, service, slack, teams, AdminAuth(settings))
 
 
@@ -151,9 +152,8 @@ class AccessLog(AbstractAccessLogger):
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    teams = "off"
-    if TEAMS_KEY in request.app:
-        teams = "authenticated" if request.app[TEAMS_KEY].app_id else "open"
+    # Anyone may ask: whether Teams is on, never how it authenticates (an open endpoint invites).
+    teams = "on" if TEAMS_KEY in request.app else "off"
     return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app, "teams": teams})
 
 
@@ -305,9 +305,10 @@ async def serve(
     """Run until SIGINT or SIGTERM (Ctrl-C, docker stop), then drain answers in flight and close."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    check_teams_mode(settings, host)  # before anything loads: the Emulator's mode is loopback only
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_runtime(settings, allow_open_teams=host in LOOPBACK) as runtime:
+    async with open_runtime(settings) as runtime:
         # Slack sends many events: per-request access lines only at -vv.
         access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
         runner = web.AppRunner(
@@ -329,8 +330,9 @@ async def serve(
         socket_handler: Any = None
         if runtime.teams is None:
             log.warning(
-                "Teams is off: set KBOT_TEAMS_APP_ID and KBOT_TEAMS_APP_PASSWORD (unauthenticated "
-                "Emulator mode is only offered on a loopback address)."
+                "Teams is off: set KBOT_TEAMS_APP_ID and KBOT_TEAMS_APP_PASSWORD to turn it on (or, "
+                "for the Bot Framework Emulator on this machine, KBOT_TEAMS_EMULATOR=true with a "
+                "loopback --host)."
             )
         if runtime.slack is None:
             log.warning("Slack is off: set KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN to turn it on.")

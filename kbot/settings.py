@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     teams_app_id: str | None = Field(
         default=None,
         description="Microsoft App ID of the Azure Bot. Set: every Teams request's token is checked. "
-        "Unset: /api/messages runs open, for the Bot Framework Emulator only.",
+        "Unset: Teams is off, unless teams_emulator opens it for the Bot Framework Emulator.",
     )
     teams_app_password: SecretStr | None = Field(default=None, description="Client secret of that app.")
     teams_emulator: bool = Field(

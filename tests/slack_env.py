@@ -117,7 +117,6 @@ async def slack_env(
     model_url: str | None = None,
     answer: str = "Sick leave is 10 days per year [1].",
     teams_credentials: Any = None,
-    allow_open_teams: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[SlackEnv]:
     async with (
@@ -152,9 +151,7 @@ async def slack_env(
             restricted.mkdir(exist_ok=True)
             (restricted / "salary-bands.md").write_text(SALARY_DOC)
             await kb.ingest([str(restricted)], "handbook", acl=["hr"])
-            async with open_runtime(
-                settings, kb=kb, teams_credentials=teams_credentials, allow_open_teams=allow_open_teams
-            ) as runtime:
+            async with open_runtime(settings, kb=kb, teams_credentials=teams_credentials) as runtime:
                 client = TestClient(TestServer(build_app(runtime)))
                 await client.start_server()
                 try:

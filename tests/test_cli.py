@@ -139,13 +139,13 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
     )
     try:
         health = await _wait_healthy(f"http://127.0.0.1:{port}", off)
-        assert health == {"status": "ok", "slack": False, "teams": "open"}
+        assert health == {"status": "ok", "slack": False, "teams": "off"}
     finally:
         off.send_signal(signal.SIGTERM)
         _, stderr = off.communicate(timeout=60)
     assert off.returncode == 0
     assert "Slack is off: set KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN" in stderr
-    assert "TEAMS IS OPEN" in stderr  # said loudly when no app id is configured
+    assert "Teams is off: set KBOT_TEAMS_APP_ID" in stderr  # no unauthenticated Teams unless asked for
 
     async with fake_slack_server() as slack:
         env |= {

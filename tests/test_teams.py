@@ -279,10 +279,10 @@ async def test_acl_groups_and_team_policies_from_configuration(tmp_path: Path, e
 
 
 async def test_open_mode_without_an_app_id_answers_the_emulator(tmp_path: Path, embedder: Embedder) -> None:
-    async with fake_connector() as connector, slack_env(tmp_path, embedder, allow_open_teams=True) as env:
+    async with fake_connector() as connector, slack_env(tmp_path, embedder, teams_emulator=True) as env:
         teams = TeamsEnv(env, connector, SigningKeys())
         health = await (await env.client.get("/healthz")).json()
-        assert health["teams"] == "open"
+        assert health["teams"] == "on"
         response = await teams.post(teams.activity(text=QUESTION, channelId="emulator"), token=None)
         assert response.status in (200, 201)
         await wait_until(lambda: teams.stats["answered"] == 1)

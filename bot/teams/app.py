@@ -3,15 +3,24 @@
 ``POST /api/messages`` goes through botbuilder's ``CloudAdapter`` with
 ``ConfigurationBotFrameworkAuthentication``: with ``KBOT_TEAMS_APP_ID`` set, every request's
 Bearer JWT is validated (issuer, audience = the app id, signing keys from Bot Framework's OpenID
-metadata, channel endorsement) and anything else gets 401; without it the endpoint is open, for
-the Bot Framework Emulator, and the log says so at start. Activities kbot handles:
+metadata, fetched off the event loop by :mod:`bot.teams.keys`, channel endorsement) and anything
+else gets 401 (503 while no signing keys are known). Without an app id the endpoint exists only
+with ``KBOT_TEAMS_EMULATOR=true``, for the Bot Framework Emulator on this machine: ``kbot serve``
+refuses it on an address other than loopback, replies go to loopback service URLs only (403
+otherwise, before anything is sent), askers are named ``emulator:<id>`` and no ACL group applies
+to them (nobody vouches for who they are), and the log says so loudly at start.
+
+Whatever the mode, a request a web page could send is refused first (:mod:`bot.teams.guard`).
+
+Activities kbot handles:
 
 - ``message`` in a personal chat, or mentioning kbot in a channel or group chat → a question
   (mention stripped), answered in the same conversation (a channel thread's id carries the
   thread, so the answer lands there);
 - ``invoke`` ``message/submitAction`` with ``actionName: "feedback"`` (Teams' 👍/👎 buttons,
   shown because answers set ``feedbackLoopEnabled``) → a vote with its optional text as comment;
-- ``messageReaction`` added/removed on kbot's answers → votes (like, heart: +1; sad, angry: -1).
+- ``messageReaction`` added/removed on kbot's answers → votes (like, heart: +1; sad, angry: -1);
+- any other invoke → 200 and nothing else (kbot offers no message extensions, cards or dialogs).
 
 A body that is not an activity, or an activity without the parts a reply needs (conversation,
 sender, recipient, service URL), is a 400 before botbuilder sees it. A question longer than
@@ -24,7 +33,6 @@ import json
 import logging
 from typing import Any
 
-import requests
 from aiohttp import web
 from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
 from botbuilder.integration.aiohttp import (
@@ -33,18 +41,25 @@ from botbuilder.integration.aiohttp import (
     ConfigurationServiceClientCredentialFactory,
 )
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
-from botframework.connector.auth import ServiceClientCredentialsFactory
+from botframework.connector.auth import (
+    AuthenticationConstants,
+    ChannelValidation,
+    ServiceClientCredentialsFactory,
+)
 from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
+from bot.teams import keys
+from bot.teams.guard import is_loopback_url, refuse_web_pages
 from bot.teams.reply import TeamsReply
-from kbot.errors import KbotError, public_reason
+from kbot.errors import ChatError, ConfigError, KbotError, public_reason
 from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
 PLATFORM = "teams"
 REACTION_VOTES = {"like": 1, "heart": 1, "sad": -1, "angry": -1}
+EMULATOR_PREFIX = "emulator:"  # an Emulator asker's id: never one of a real Teams user
 
 
 class _BotConfig:
@@ -72,9 +87,8 @@ class _Authentication(ConfigurationBotFrameworkAuthentication):  # type: ignore[
             return await super().authenticate_request(activity, auth_header)
         except PermissionError:
             raise
-        except requests.RequestException as exc:
-            # Bot Framework's signing keys could not be fetched: our outage, not the caller's fault.
-            log.warning("cannot fetch Bot Framework's signing keys: %s", exc)
+        except ChatError as exc:
+            # No signing keys known yet (bot.teams.keys): our outage, not the caller's fault.
             raise web.HTTPServiceUnavailable(text="cannot verify the request right now") from exc
         except Exception as exc:  # see the class docstring; the cause is logged
             log.info("Teams request refused: %s: %s", type(exc).__name__, exc)
@@ -125,6 +139,17 @@ class TeamsAdapter:
         self.settings = settings
         self.service = service
         self.app_id = settings.teams_app_id or None
+        if self.app_id is None and not settings.teams_emulator:
+            raise ConfigError(
+                "Teams needs KBOT_TEAMS_APP_ID and KBOT_TEAMS_APP_PASSWORD (or KBOT_TEAMS_EMULATOR=true)."
+            )
+        if self.app_id is not None and settings.teams_emulator:
+            raise ConfigError(
+                "KBOT_TEAMS_EMULATOR=true turns Teams authentication off and KBOT_TEAMS_APP_ID turns "
+                "it on: set one of them."
+            )
+        self.emulator = self.app_id is None
+        keys.install()  # before the first token: botbuilder's own fetch would block the loop
         config = _BotConfig(settings)
         factory = credentials_factory or _CachedCredentials(
             ConfigurationServiceClientCredentialFactory(config)
@@ -133,15 +158,23 @@ class TeamsAdapter:
         self.cloud = CloudAdapter(auth)
         self.cloud.on_turn_error = self._on_turn_error
         self.bot = _KbotBot(self)
-        if self.app_id is None:
+        if self.emulator:
             log.warning(
-                "TEAMS IS OPEN: /api/messages accepts requests without authentication because "
-                "KBOT_TEAMS_APP_ID is not set. Use this only with the Bot Framework Emulator."
+                "TEAMS EMULATOR MODE (KBOT_TEAMS_EMULATOR=true): /api/messages accepts activities "
+                "without authentication, for the Bot Framework Emulator on this machine. Replies go to "
+                "loopback service URLs only and no ACL group applies to its askers. Never in production."
             )
 
+    async def warm_up(self) -> None:
+        """Start fetching Bot Framework's signing keys, so the first message need not wait for them."""
+        if not self.emulator:
+            keys.keys_for(_channel_metadata_url()).refresh()
+
+    async def close(self) -> None:
+        await keys.close_all()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if "application/json" not in request.headers.get("Content-Type", ""):
-            raise web.HTTPUnsupportedMediaType(text="activities are application/json")
+        refuse_web_pages(request)
         try:
             body = json.loads(await request.read())
             if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not body["type"]:
@@ -151,12 +184,21 @@ class TeamsAdapter:
             raise web.HTTPBadRequest(text=f"malformed activity: {exc}") from exc
         if missing := _missing(activity):
             raise web.HTTPBadRequest(text=f"malformed activity: it has no {missing}")
+        if self.emulator and not is_loopback_url(activity.service_url):
+            # Unauthenticated, the activity names where its answer goes: this machine only.
+            raise web.HTTPForbidden(text="in Emulator mode kbot replies to a loopback serviceUrl only")
         tenant = self.settings.teams_tenant_id
         if tenant and activity.conversation is not None and _tenant(activity) not in (None, tenant):
             # A single-tenant bot answers its own organisation only (its token alone does not say so).
             raise web.HTTPForbidden(text="this bot serves another tenant")
         response = await self.cloud.process(request, self.bot)
         return response if response is not None else web.Response(status=201)
+
+    def person(self, account: ChannelAccount) -> str:
+        """A stable id: the AAD object id when Teams gives one (it does for people), else the
+        channel id; prefixed ``emulator:`` when nobody vouches for it (no Settings.groups key matches)."""
+        found = str(account.aad_object_id or account.id)
+        return EMULATOR_PREFIX + found if self.emulator else found
 
     def reply_for(self, activity: Activity) -> TeamsReply:
         return TeamsReply(
@@ -189,17 +231,19 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
         team, channel = _channel_data_id(activity, "team"), _channel_data_id(activity, "channel")
         # Restricted documents only where the asker alone reads the answer: a one-to-one chat.
         private = personal and not conversation.is_group and not (team or channel)
+        emulator = self._adapter.emulator
         message = IncomingMessage(
             platform=PLATFORM,
             key=f"{PLATFORM}:msg:{conversation.id}:{activity.id}",
-            user=_person(activity.from_property),
+            user=self._adapter.person(activity.from_property),
             channel=conversation_channel(conversation.id),
             thread=conversation.id,  # memory per chat, or per channel thread
             text=question,
             addressed=personal or bool(mentions),
             private=private,
             places=tuple(p for p in (channel, team) if p),
-            identities=tuple(t for t in (_tenant(activity),) if t),
+            identities=() if emulator else tuple(t for t in (_tenant(activity),) if t),
+            anonymous=emulator,
         )
         self._service.submit(message, reply)
 
@@ -223,7 +267,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
                 continue
             feedback = FeedbackEvent(
                 platform=PLATFORM,
-                user=_person(activity.from_property),
+                user=self._adapter.person(activity.from_property),
                 kind="vote" if added else "unvote",
                 channel=conversation_channel(activity.conversation.id),
                 message_id=activity.reply_to_id,
@@ -242,7 +286,9 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
         activity = turn_context.activity
         if activity.name != "message/submitAction":
-            return await super().on_invoke_activity(turn_context)  # type: ignore[no-any-return]
+            # Message extensions, cards, dialogs: kbot offers none. Acknowledged with nothing, where
+            # botbuilder's fallback answered 501, or 500 for a card action without a value.
+            return InvokeResponse(status=200)
         value: Any = activity.value if isinstance(activity.value, dict) else {}
         action: Any = value.get("actionValue") if isinstance(value.get("actionValue"), dict) else {}
         reaction = action.get("reaction")
@@ -256,7 +302,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             answer_id = await self._service.feedback(
                 FeedbackEvent(
                     platform=PLATFORM,
-                    user=_person(activity.from_property),
+                    user=self._adapter.person(activity.from_property),
                     kind="vote",
                     channel=conversation_channel(activity.conversation.id),
                     message_id=activity.reply_to_id,
@@ -291,6 +337,14 @@ def _missing(activity: Activity) -> str | None:
     return next((name for name, present in parts.items() if not present), None)
 
 
+def _channel_metadata_url() -> str:
+    """Where botbuilder reads Bot Framework's (public cloud) signing keys; tests point it elsewhere."""
+    return str(
+        ChannelValidation.open_id_metadata_endpoint
+        or AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL
+    )
+
+
 def _printable(value: str | None) -> bool:
     return value is not None and value != "" and value.isascii() and value.isprintable()
 
@@ -316,11 +370,6 @@ def _channel_data_id(activity: Activity, key: str) -> str | None:
     value = data.get(key) if isinstance(data, dict) else None
     found = value.get("id") if isinstance(value, dict) else None
     return str(found) if found else None
-
-
-def _person(account: ChannelAccount) -> str:
-    """A stable id: the AAD object id when Teams gives one (it does for people), else the channel id."""
-    return str(account.aad_object_id or account.id)
 
 
 def _tenant(activity: Activity) -> str | None:
