@@ -109,6 +109,11 @@ class Answerer:
         """Load the embedder and the model before the first question (servers call this)."""
         await asyncio.gather(self.kb.warm_up(), self.backend.warm_up())
 
+    async def fit_question(self, text: str) -> str:
+        """``text`` cut to ``max_question_tokens`` tokens of the chat model (as it is when it fits):
+        the question's share of the prompt stays bounded whatever script it is written in."""
+        return await self.backend.first_tokens(text, self.settings.max_question_tokens)
+
     async def ask(
         self, question: Question, *, adapter: AdapterRef | Literal["active"] | None = "active"
     ) -> AnswerResult:

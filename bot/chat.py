@@ -23,6 +23,7 @@ from agent.answering import Answerer, AnswerResult, Question
 from bot import metrics
 from bot.access import Access
 from bot.ledger import ChatLedger
+from bot.limits import FairTurns, clean_text, tokens_cut
 from bot.spool import FeedbackSpool
 from finetune.votes import VoteLog
 from kbot.errors import KbotError, StoreError, public_reason
@@ -63,6 +64,11 @@ class IncomingMessage:
     mentions_others: bool = False  # names other people (and not kbot): not addressed to kbot
     places: tuple[str, ...] = ()  # broader places whose channel policy applies (a Teams team)
     identities: tuple[str, ...] = ()  # more ids of the user for Settings.groups (their team…)
+    # Nobody vouches for who asked (the Teams Emulator's open endpoint): no ACL group applies.
+    anonymous: bool = False
+    # More keys than the user that the rate limit and fair slots count: an anonymous web asker's
+    # hashed address ("addr:…"; a new cookie is a new user for free). Stored: never a raw address.
+    rate_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,10 +122,12 @@ class ChatService:
     # One lock per person giving feedback, so their events are handled in the order they came.
     _people: dict[tuple[str, str], tuple[TaskLock, int]] = field(init=False, default_factory=dict)
     _slots: asyncio.Semaphore = field(init=False)
+    _turns: FairTurns = field(init=False)  # at most half the slots per person (or address)
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings)
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_answers)
+        self._turns = FairTurns(max(1, self.settings.max_concurrent_answers // 2))
 
     def submit(self, message: IncomingMessage, reply: Reply) -> asyncio.Task[Outcome]:
         """Handle ``message`` in the background (the platform wants its ack now)."""
@@ -166,13 +174,19 @@ class ChatService:
         """Decide whether to answer ``message`` and answer it through ``reply``; how it ended."""
         received = time.perf_counter()
         policy = self.access.policy(message.platform, message.channel, *message.places)
-        if not policy.enabled or not message.text.strip():
+        text = clean_text(message.text).strip()
+        if not policy.enabled or not text:
             return "ignored"
         if not message.addressed and not await self._is_follow_up(message, policy.mention_only):
             return "ignored"
         limit = self.settings.rate_limit_per_minute
         claim = await self.ledger.claim_question(
-            message.key, platform=message.platform, actor=message.user, window=RATE_WINDOW, limit=limit
+            message.key,
+            platform=message.platform,
+            actor=message.user,
+            window=RATE_WINDOW,
+            limit=limit,
+            also=message.rate_keys,
         )
         if claim == "duplicate":
             log.info("%s already handled (retry or duplicate delivery)", message.key)
@@ -184,8 +198,11 @@ class ChatService:
         if not collections:
             await reply.notice(NO_DOCUMENTS)
             return "answered"
+        # In the chat model's tokens: a 4,000-character Chinese question is ~4,000 of them.
+        if (cut := await self.answerer.fit_question(text)) != text:
+            text, reply = cut, tokens_cut(reply, self.settings.max_question_tokens)
         question = Question(
-            text=message.text.strip(),
+            text=text,
             collections=list(collections),
             groups=await self._groups(message, policy),
             asker=message.user,
@@ -195,7 +212,8 @@ class ChatService:
             shared=not message.private,
         )
         await reply.working()
-        async with self._slots:
+        turn = (f"{message.platform}:{message.user}", *message.rate_keys)
+        async with self._turns.turn(turn), self._slots:
             metrics.IN_FLIGHT.inc()
             try:
                 await self._stream(message, question, reply, received)
@@ -206,7 +224,7 @@ class ChatService:
     async def _groups(self, message: IncomingMessage, policy: ChannelPolicy) -> list[str]:
         """The ACL groups an answer to ``message`` may use: the asker's in private; in a shared
         place only those of the asker's that the place's policy grants as well."""
-        if not (message.private or policy.groups):
+        if message.anonymous or not (message.private or policy.groups):
             return []  # nothing restricted may be shown here: no need to look the asker up
         identities = message.identities
         if resolve := self.resolvers.get(message.platform):
@@ -270,6 +288,7 @@ class ChatService:
     async def feedback(self, event: FeedbackEvent) -> str | None:
         """Record ``event`` in the vote log: the answer id it concerned, None if it was not about
         one, or :data:`SPOOLED` when the SQL store is down and it waits on disk to be written."""
+        event = replace(event, text=clean_text(event.text))  # every platform's, before it is kept
         async with self.one_at_a_time(event.platform, event.user):
             return await self._feedback_in_turn(event)
 

@@ -48,6 +48,8 @@ def export(
 ) -> None:
     """Export feedback as training rows in TRL's formats, and say what was dropped and why.
 
+    Feedback from anonymous web visitors is left out unless KBOT_TRAIN_ON_ANONYMOUS=true.
+
     Example:  kbot feedback export --format dpo --since 2026-11-01 --out pairs.jsonl
     """
     from finetune.export import FORMATS, ExportOptions, export_feedback
@@ -62,6 +64,7 @@ def export(
         min_votes=min_votes,
         max_votes_per_user=max_votes_per_user,
         similarity=similarity,
+        train_on_anonymous=settings.train_on_anonymous,
     )
 
     async def go() -> Any:

@@ -19,6 +19,8 @@ source or in the thread's history): an adapter answers everyone, so it must not 
 some may read. Restricted means: marked so when answered, or a source it used is restricted now
 (its ACL was tightened since); answers logged before kbot marked them count as restricted when
 any passage they retrieved is restricted or no longer known.
+Feedback from anonymous web visitors (platform ``web``, person ``anon-…``: a cookie anyone can
+drop for a new one) is left out — counted under the drops — unless ``train_on_anonymous``.
 Output is deterministic: rows are sorted by a hash of their content.
 """
 
@@ -43,6 +45,7 @@ from knowledge.vectorstore import PUBLIC
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 FORMATS = ("dpo", "kto", "sft")
+ANONYMOUS_PREFIX = "anon-"  # the web chat's ids for visitors nobody signed in (bot.web.auth)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ExportOptions:
     min_votes: int = 1
     max_votes_per_user: int = 200
     similarity: float = 0.9  # cosine at or above which two questions are the same question
+    train_on_anonymous: bool = False  # Settings.train_on_anonymous: anonymous web feedback too
 
 
 @dataclass
@@ -76,6 +80,11 @@ class Export:
         lines += [f"  made by {rule}: {n}" for rule, n in sorted(self.made.items())]
         lines += [f"  dropped, {reason}: {n}" for reason, n in sorted(self.dropped.items())]
         return "\n".join(lines)
+
+
+def is_anonymous(platform: str, person: str) -> bool:
+    """Whether a vote's or correction's author is an anonymous web visitor."""
+    return platform == "web" and person.startswith(ANONYMOUS_PREFIX)
 
 
 def normalise(question: str) -> str:
@@ -117,6 +126,9 @@ async def load(
     rated: dict[str, Rated] = {}
     per_user: Counter[tuple[str, str]] = Counter()
     for vote in votes:
+        if not options.train_on_anonymous and is_anonymous(vote.platform, vote.voter):
+            dropped["vote by an anonymous web visitor"] += 1
+            continue
         answer = answers.get(vote.answer_id)
         if answer is None or not _trainable(answer):
             dropped["vote on an answer made without the model"] += 1
@@ -133,6 +145,9 @@ async def load(
         entry.votes += 1
     usable = []
     for correction in corrections:
+        if not options.train_on_anonymous and is_anonymous(correction.platform, correction.author):
+            dropped["correction by an anonymous web visitor"] += 1
+            continue
         answer = answers.get(correction.answer_id)
         if answer is None or not _trainable(answer):
             dropped["correction of an answer made without the model"] += 1

@@ -166,9 +166,8 @@ async def _run(
     before_promote: BeforePromote | None,
 ) -> TrainingRun:
     db = answerer.kb.db
-    exported = await export_feedback(
-        db, ExportOptions(since=config.since), embed=embed, embed_model=embed_model
-    )
+    options = ExportOptions(since=config.since, train_on_anonymous=settings.train_on_anonymous)
+    exported = await export_feedback(db, options, embed=embed, embed_model=embed_model)
     pairs = list(exported.dpo)
     # SFT only when people wrote corrections; it then also includes the well-rated answers.
     corrections = list(exported.sft) if exported.made["correction"] else []

@@ -56,7 +56,7 @@ from sqlalchemy import select
 from agent.answering import Question
 from bot.chat import ChatService, IncomingMessage, Reply
 from bot.slack import render
-from bot.web.auth import AdminAuth
+from bot.web.auth import AdminAuth, LoginThrottle
 from finetune.export import FORMATS, ExportOptions, export_feedback
 from kbot.db.models import Answer, AnswerMessage
 from kbot.errors import ConfigError
@@ -781,7 +781,9 @@ async def evidence(
             assert dashboard.status == 200
             metrics = await (await srv.env.client.get("/metrics")).text()
             db = srv.service.answerer.kb.db
-            export = await export_feedback(db, ExportOptions(), embed=cached.embed, embed_model=cached.name)
+            # Anonymous web feedback too (it is not trained on by default): all of it is searched.
+            everything = ExportOptions(train_on_anonymous=True)
+            export = await export_feedback(db, everything, embed=cached.embed, embed_model=cached.name)
             phase("dashboard, metrics, export")
         c.seconds = phases["asking"]
         data_dir = srv.env.settings.data_dir
@@ -1084,6 +1086,8 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 async def test_admin_pages_need_the_admin_credentials(gate: Server) -> None:
     client = gate.env.client
+    # Each refusal on its own: five from one address would be answered 429 (tests/test_web_abuse.py).
+    gate.env.runtime.admin.throttle = LoginThrottle(max_failures=100)
     refused = {
         "nothing": {},
         "a wrong token": {"Authorization": "Bearer wrong"},

@@ -37,6 +37,10 @@ class ModelBackend(Protocol):
         """Yield the answer's text as it is generated (greedy decoding, so answers are reproducible)."""
         ...
 
+    async def first_tokens(self, text: str, limit: int) -> str:
+        """``text`` cut to its first ``limit`` tokens of this model; unchanged when it fits."""
+        ...
+
     async def warm_up(self) -> None:
         """Load what the first answer would otherwise load (a server calls this before serving)."""
         ...

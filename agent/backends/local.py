@@ -26,6 +26,10 @@ class LocalBackend:
         self._device = device
         self._model: Any = None
         self._tokenizer: Any = None
+        # A tokenizer of its own for cutting questions: a fast tokenizer used from two threads at
+        # once (here and in generate()) can fail with "Already borrowed".
+        self._counter: Any = None
+        self._count_lock = threading.Lock()
         self._adapters: set[str] = set()
         self._load_lock = threading.Lock()
         self._generate_lock = asyncio.Lock()
@@ -59,6 +63,32 @@ class LocalBackend:
 
     async def warm_up(self) -> None:
         await asyncio.to_thread(self._load)
+
+    async def first_tokens(self, text: str, limit: int) -> str:
+        """Counted by the model's own tokenizer (loaded on first use, without the model)."""
+        return await asyncio.to_thread(self._first_tokens, text, limit)
+
+    def _first_tokens(self, text: str, limit: int) -> str:
+        with self._count_lock:
+            if self._counter is None:
+                from transformers import AutoTokenizer
+
+                try:
+                    self._counter = AutoTokenizer.from_pretrained(self._path)
+                except (OSError, ValueError) as exc:
+                    raise ModelError(
+                        f"Cannot load the tokenizer of {self._name!r} from {self._path}: {exc}"
+                    ) from exc
+            fast = bool(self._counter.is_fast)
+            # Offsets (fast tokenizers) cut the text itself, before the first token that does not
+            # fit: a character split over two tokens goes whole, never decoded in half.
+            encoded = self._counter(text, add_special_tokens=False, return_offsets_mapping=fast)
+            ids = encoded["input_ids"]
+            if len(ids) <= limit:
+                return text
+            if fast:
+                return text[: encoded["offset_mapping"][limit][0]]
+            return str(self._counter.decode(ids[:limit]))
 
     def _load(self) -> None:
         with self._load_lock:

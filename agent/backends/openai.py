@@ -87,8 +87,31 @@ class OpenAIBackend:
     async def warm_up(self) -> None:
         """Nothing to load here: the model lives in the server."""
 
+    async def first_tokens(self, text: str, limit: int) -> str:
+        """Estimated (:func:`estimated_first_tokens`): the model's tokenizer lives in the server."""
+        return estimated_first_tokens(text, limit)
+
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def estimated_first_tokens(text: str, limit: int) -> str:
+    """``text`` cut where an estimate of its tokens reaches ``limit``, without the tokenizer.
+
+    The model's tokenizer lives in the server, so this estimates: every non-ASCII character is
+    one token (CJK characters are about one each in the vocabularies of the models vLLM usually
+    serves — Qwen, Llama 3 — and accented letters or emoji rarely more), and ASCII is one token
+    per 4 characters (what English text takes). It is an estimate, not a bound: a model whose
+    vocabulary lacks CJK (SmolLM2: ~2.5 tokens per Chinese character) makes more, within a small
+    factor — together with the character cap, the prompt stays bounded. Exact counts would
+    cost a request per question (vLLM's ``/tokenize``, not part of the OpenAI API).
+    """
+    quarters = 0  # in quarter tokens, so ASCII counts 1/4 each without floats
+    for index, char in enumerate(text):
+        quarters += 1 if char.isascii() else 4
+        if quarters > limit * 4:
+            return text[:index]
+    return text
 
 
 def _delta_text(data: str) -> str:

@@ -6,6 +6,10 @@ quotes and links, the answer id), ``notice`` (rate limit, failure), ``end``. The
 dedupe key, so a retried request is not answered twice. ``POST /api/feedback`` records 👍/👎 and
 "suggest a better answer" into the vote log; only on answers this asker was shown.
 
+Anonymous askers (no ``KBOT_WEB_USER_HEADER``) are rate-limited per cookie and also per client
+address (:class:`~bot.web.auth.ClientAddress`, hashed): dropping the cookie makes a new visitor,
+not a new allowance.
+
 Both take JSON only: a cross-site form cannot send ``application/json`` without a CORS
 preflight, which kbot never grants — so another site cannot make a visitor's browser vote.
 """
@@ -22,9 +26,9 @@ from aiohttp import web
 
 from agent.answering import AnswerResult
 from bot.chat import SPOOLED, ChatService, FeedbackEvent, IncomingMessage
-from bot.limits import limit_question
+from bot.limits import clean_text, limit_question
 from bot.links import source_url
-from bot.web.auth import is_https, set_visitor_cookie, web_user
+from bot.web.auth import ClientAddress, address_key, is_https, set_visitor_cookie, web_user
 from kbot.errors import KbotError
 from kbot.settings import Settings
 
@@ -97,6 +101,7 @@ class WebChat:
     def __init__(self, settings: Settings, service: ChatService) -> None:
         self.settings = settings
         self.service = service
+        self._address = ClientAddress(settings.trusted_proxies)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/chat", self.chat)
@@ -122,6 +127,8 @@ class WebChat:
         await response.prepare(request)
         web_reply = WebReply(response, self.settings)
         text, reply = limit_question(text, web_reply)
+        # Signed-in askers (the proxy's header) are people; anonymous ones are also their address.
+        anonymous = not self.settings.web_user_header
         message = IncomingMessage(
             platform=PLATFORM,
             key=f"web:{user[-20:]}:{question_id}",
@@ -131,6 +138,7 @@ class WebChat:
             text=text,
             addressed=True,
             private=True,
+            rate_keys=(address_key(self._address(request)),) if anonymous else (),
         )
         # Shielded: a closed tab must not cancel the answer half-way (it is logged either way).
         outcome = await asyncio.shield(self.service.submit(message, reply))
@@ -164,7 +172,7 @@ class WebChat:
             message_id=answer_id,
             value=int(value),
             origin="web",
-            text=text.strip(),
+            text=clean_text(text).strip(),
         )
         try:
             recorded = await self.service.feedback(event)

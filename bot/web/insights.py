@@ -3,6 +3,8 @@
 Aggregation happens in SQL where both SQLite and PostgreSQL can do it (``date()`` of a UTC
 timestamp, counts); citations are JSON lists and are counted here, over the window's answers.
 Evaluation answers (platform ``eval``) are the learning loop talking to itself: never counted.
+Feedback from anonymous web visitors is counted like any other, and also on its own
+(``anonymous``): the export leaves it out of training unless ``KBOT_TRAIN_ON_ANONYMOUS``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, select
 
+from finetune.export import ANONYMOUS_PREFIX
 from kbot.db import Database
-from kbot.db.models import Adapter, Answer, TrainingRun, Vote
+from kbot.db.models import Adapter, Answer, Correction, TrainingRun, Vote
 
 EVAL_PLATFORM = "eval"
 
@@ -34,6 +37,8 @@ class Insights:
     runs: list[dict[str, Any]] = field(default_factory=list)
     loss_curves: list[dict[str, Any]] = field(default_factory=list)  # {adapter, active, losses}
     totals: dict[str, Any] = field(default_factory=dict)
+    # {votes, corrections, anonymous_votes, anonymous_corrections, share}: share of all feedback
+    anonymous: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +121,16 @@ async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -
 
         total_answers = await s.scalar(select(func.count()).select_from(Answer).where(*recent))
         total = (await s.execute(select(up, down).select_from(Vote).join(Answer).where(*recent))).one()
+        feedback: dict[str, int] = {}
+        for name, table, person in (
+            ("votes", Vote, Vote.voter),
+            ("corrections", Correction, Correction.author),
+        ):
+            # What finetune.export.is_anonymous says, in SQL.
+            visitor = and_(table.platform == "web", person.startswith(ANONYMOUS_PREFIX, autoescape=True))
+            counted = select(func.count(), func.sum(case((visitor, 1), else_=0)))
+            row = (await s.execute(counted.select_from(table).join(Answer).where(*recent))).one()
+            feedback[name], feedback[f"anonymous_{name}"] = int(row[0] or 0), int(row[1] or 0)
     out.totals = {
         "answers": int(total_answers or 0),
         "up": int(total[0] or 0),
@@ -123,6 +138,9 @@ async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -
         "rate": _rate(int(total[0] or 0), int(total[1] or 0)),
         "gaps": sum(g["asked"] for g in out.gaps),
     }
+    given = feedback["votes"] + feedback["corrections"]
+    anonymous = feedback["anonymous_votes"] + feedback["anonymous_corrections"]
+    out.anonymous = {**feedback, "share": round(anonymous / given, 4) if given else None}
     return out
 
 

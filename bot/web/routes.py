@@ -52,6 +52,7 @@ class WebUI:
             WebChat(self.settings, self.service).add_routes(app)
         app.router.add_get("/dashboard", self._page("dashboard.html"))
         app.router.add_get("/login", self.auth.login)
+        app.router.add_post("/logout", self.auth.logout)
         app.router.add_get("/api/dashboard", self.dashboard_data)
         app.router.add_static("/static/", STATIC, append_version=False)
 

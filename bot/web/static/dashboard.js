@@ -46,14 +46,21 @@ function pivot(rows, key, seriesKey, valueKey) {
 function draw(data) {
   $("active-adapter").textContent = `active adapter: ${data.active_adapter ?? "none (base model)"}`;
   const t = data.totals;
+  const a = data.anonymous;
+  const anonymous = a.anonymous_votes + a.anonymous_corrections;
   $("totals").replaceChildren(...[
     ["Answers", t.answers], ["👍", t.up], ["👎", t.down],
     ["Satisfaction", t.rate === null ? "—" : percent(t.rate)], ["Unanswered questions", t.gaps],
+    ["Anonymous feedback", a.share === null ? "—" : `${anonymous} (${percent(a.share)})`],
   ].map(([label, value]) => {
     const div = document.createElement("div");
     div.append(Object.assign(document.createElement("b"), { textContent: value }), label);
     return div;
   }));
+  // Anyone can be a new anonymous visitor: their votes and corrections are shown, not trained on.
+  $("anonymous-note").textContent = `Anonymous web visitors gave ${a.anonymous_votes} of ${a.votes} votes and `
+    + `${a.anonymous_corrections} of ${a.corrections} corrections; training leaves them out unless `
+    + "KBOT_TRAIN_ON_ANONYMOUS is on.";
 
   barChart($("chart-answers"), { ...pivot(data.answers_per_day, "day", "platform", "answers"), stacked: true });
   const adapters = [...new Set(data.satisfaction.map((r) => r.adapter))].sort();
@@ -104,6 +111,7 @@ async function load() {
   const response = await fetch(`/api/dashboard?days=${$("days").value}`, { cache: "no-store" });
   if (response.status === 401) {
     $("dashboard").hidden = true;
+    $("logout").hidden = true;
     $("login").hidden = false;
     return false;
   }
@@ -114,6 +122,7 @@ async function load() {
   }
   $("error").hidden = true;
   $("login").hidden = true;
+  $("logout").hidden = false;
   $("dashboard").hidden = false;
   draw(await response.json());
   document.body.dataset.loadedAt = String(Date.now());
