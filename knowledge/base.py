@@ -59,9 +59,18 @@ class KnowledgeBase:
         return cls(settings, db, open_vector_store(settings), embedder)
 
     async def ingest(
-        self, paths: Sequence[str], collection: str, acl: Sequence[str] = (), *, progress: bool = False
+        self,
+        paths: Sequence[str],
+        collection: str,
+        acl: Sequence[str] = (),
+        *,
+        progress: bool = False,
+        follow_symlinks: bool = False,
     ) -> IngestReport:
-        return await self.ingestor.run(paths, collection, acl, progress=progress)
+        """Sync ``paths`` into ``collection``; links inside a folder are followed only if asked."""
+        return await self.ingestor.run(
+            paths, collection, acl, progress=progress, follow_symlinks=follow_symlinks
+        )
 
     async def search(
         self,

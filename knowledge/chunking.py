@@ -30,6 +30,7 @@ _SENTENCE = re.compile(r".+?(?:[.!?](?:\s+|$)|[。！？；]\s*|$)", re.S)
 _CJK_CHARS = "\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
 _CJK_END = re.compile(f"[{_CJK_CHARS}]$")
 _CJK_START = re.compile(f"^[{_CJK_CHARS}]")
+_CJK_CHAR = re.compile(f"[{_CJK_CHARS}]")
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ class Chunker:
                 units.append(_Unit(paragraph, tokens, index))
                 continue
             sentences = [m.group(0) for m in _SENTENCE.finditer(paragraph) if m.group(0).strip()]
-            for sentence, count in zip(sentences, self._count(sentences), strict=True):
+            # A paragraph that is one sentence (a long line without full stops) is counted already.
+            counts = [tokens] if sentences == [paragraph] else self._count(sentences)
+            for sentence, count in zip(sentences, counts, strict=True):
                 if count <= budget:
                     units.append(_Unit(sentence, count, index))
                 else:
@@ -168,4 +171,6 @@ def _join(units: list[_Unit]) -> str:
 
 
 def _is_cjk(text: str, index: int, offsets: list[tuple[int, int]]) -> bool:
-    return bool(_CJK_START.match(text[offsets[index][0] :]))
+    # Matched in place: a slice would copy the rest of the text for each token, which made a
+    # long line without sentence ends quadratic (a 5 MB one-line file took minutes).
+    return bool(_CJK_CHAR.match(text, offsets[index][0]))

@@ -6,14 +6,24 @@ Parser libraries load on first use, so importing this package is cheap.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from kbot.errors import DocumentError, DocumentLoadError, UnsupportedFileError
 from knowledge.document import LoadedDocument
 from knowledge.loaders import markup, office
+from knowledge.loaders._files import SYSTEM_REASON, is_system_path, open_document, read_document
 
-__all__ = ["SUPPORTED_SUFFIXES", "is_supported", "load_document"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "SYSTEM_REASON",
+    "is_supported",
+    "is_system_path",
+    "load_document",
+    "open_document",
+    "read_document",
+]
 
 _Loader = Callable[[bytes, Path, str], LoadedDocument]
 
@@ -49,7 +59,8 @@ def load_document(path: Path, source: str | None = None, data: bytes | None = No
     """Load one file; ``source`` names it in error messages (default: the path).
 
     ``data`` is the file's content when the caller has already read it: ingestion hashes the
-    bytes first and must index exactly the bytes it hashed.
+    bytes first and must index exactly the bytes it hashed. Then ``path`` only names the file
+    (its suffix picks the loader, its stem is the fallback title) and nothing is opened.
 
     Raises :class:`UnsupportedFileError` for a file type without a loader and
     :class:`DocumentLoadError` for a file that cannot be read, is corrupt, or holds no text.
@@ -77,16 +88,6 @@ def load_document(path: Path, source: str | None = None, data: bytes | None = No
 
 
 def _read(path: Path, source: str) -> bytes:
-    if path.is_dir():
-        raise DocumentLoadError(source, "this is a directory, not a file")
-    if path.exists() and not path.is_file():
-        # Reading a named pipe would block forever; devices and sockets hold no document.
-        raise DocumentLoadError(source, "not a regular file")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DocumentLoadError(source, "the file does not exist") from exc
-    except PermissionError as exc:
-        raise DocumentLoadError(source, "permission denied: kbot may not read this file") from exc
-    except OSError as exc:
-        raise DocumentLoadError(source, f"the file cannot be read: {exc.strerror or exc}") from exc
+    # Named by the caller, so a link is followed, but to where it resolves now: that path is
+    # the one checked (never /proc, /sys or /dev) and opened.
+    return read_document(Path(os.path.realpath(path)), source)

@@ -79,11 +79,23 @@ def _outline_starts(
 # --- DOCX ---------------------------------------------------------------------------------
 
 _HEADING_STYLE = re.compile(r"heading\s*(\d)$", re.IGNORECASE)
-# A DOCX is a zip: one that unpacks to more than this, and to more than _MAX_RATIO times its own
-# size, is a zip bomb (python-docx would inflate every part in memory). Big real documents are
-# big files: their images barely compress.
+# A DOCX is a zip. Real ones unpack to a few times their size (Word's XML compresses ~10x,
+# images not at all); much more is a zip bomb, and python-docx inflates every part in memory
+# (a 165 KB file whose XML was 56 MB took over 4 minutes and 3.5 GB). Refused at any size:
+# - unpacking to over MAX_UNPACK_RATIO times the file (once that is over 1 MB: a tiny file's
+#   ratio means nothing);
+# - parts that each compress over MAX_UNPACK_RATIO times and add up to over 4 MB (a bomb part
+#   beside incompressible padding keeps its own ratio);
+# - unpacking to over 64 MB at over 20 times (big real documents are big files: their images
+#   barely compress).
+MAX_UNPACK_RATIO = 100
+_RATIO_FLOOR = 1024**2
+_MAX_DENSE_PARTS = 4 * 1024**2
 _MAX_UNPACKED = 64 * 1024**2
-_MAX_RATIO = 20
+_BIG_RATIO = 20
+# Paragraphs and table rows walked at most: each costs python-docx ~10 µs even when empty, and a
+# document of millions of empty paragraphs compresses like any other.
+MAX_BLOCKS = 200_000
 
 
 def load_docx(data: bytes, path: Path, source: str) -> LoadedDocument:
@@ -96,7 +108,13 @@ def load_docx(data: bytes, path: Path, source: str) -> LoadedDocument:
     style_name = _paragraph_style_names(document)
     builder = SectionBuilder()
     first_heading = ""
+    blocks = 0
     for block in document.iter_inner_content():
+        blocks += len(block.rows) if isinstance(block, Table) else 1
+        if blocks > MAX_BLOCKS:
+            raise DocumentLoadError(
+                source, f"it has over {MAX_BLOCKS:,} paragraphs and table rows, more than kbot reads per file"
+            )
         if isinstance(block, Table):
             _add_table(builder, block)
             continue
@@ -116,12 +134,21 @@ def load_docx(data: bytes, path: Path, source: str) -> LoadedDocument:
 def _check_unpacked_size(data: bytes, source: str) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         # zipfile never inflates a member past the size its header declares.
-        unpacked = sum(info.file_size for info in archive.infolist())
-    if unpacked > _MAX_UNPACKED and unpacked > _MAX_RATIO * len(data):
-        raise DocumentLoadError(
-            source,
-            f"it unpacks to {unpacked // 1024**2} MB from {len(data) // 1024} KB, as only a zip bomb does",
+        parts = [(info.file_size, info.compress_size) for info in archive.infolist()]
+    unpacked = sum(size for size, _ in parts)
+    dense = sum(size for size, packed in parts if size > MAX_UNPACK_RATIO * max(packed, 1))
+    ratio = unpacked / max(len(data), 1)
+    if (unpacked > _RATIO_FLOOR and ratio > MAX_UNPACK_RATIO) or (
+        unpacked > _MAX_UNPACKED and ratio > _BIG_RATIO
+    ):
+        detail = (
+            f"it unpacks to {unpacked / 1024**2:,.1f} MB from {len(data) / 1024:,.0f} KB ({ratio:,.0f} times)"
         )
+    elif dense > _MAX_DENSE_PARTS:
+        detail = f"{dense / 1024**2:,.1f} MB of its parts unpack to over {MAX_UNPACK_RATIO} times their size"
+    else:
+        return
+    raise DocumentLoadError(source, f"{detail}, as only a zip bomb does")
 
 
 def _paragraph_style_names(document: DocxDocument) -> Callable[[Paragraph], str]:
