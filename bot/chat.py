@@ -27,7 +27,7 @@ from bot.limits import FairTurns, clean_text, tokens_cut
 from bot.spool import FeedbackSpool
 from finetune.votes import VoteLog
 from kbot.errors import KbotError, StoreError, public_reason
-from kbot.locks import TaskLock
+from kbot.locks import PerKey, TaskLock
 from kbot.settings import ChannelPolicy, Settings
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class ChatService:
     resolvers: dict[str, Resolver] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[Outcome]] = field(init=False, default_factory=set)
     # One lock per person giving feedback, so their events are handled in the order they came.
-    _people: dict[tuple[str, str], tuple[TaskLock, int]] = field(init=False, default_factory=dict)
+    _people: PerKey[TaskLock] = field(init=False, default_factory=lambda: PerKey(TaskLock))
     _slots: asyncio.Semaphore = field(init=False)
     _turns: FairTurns = field(init=False)  # at most half the slots per person (or address)
 
@@ -272,18 +272,9 @@ class ChatService:
         """Handle one person's feedback in arrival order: a later vote must not be written before
         an earlier one that is still waiting for the database. Adapters that read state to
         decide the vote (Slack's reactions) hold it across that read too."""
-        key = (platform, user)
-        lock, users = self._people.get(key) or (TaskLock(), 0)
-        self._people[key] = (lock, users + 1)
-        try:
+        with self._people.use((platform, user)) as lock:
             async with lock:
                 yield
-        finally:
-            lock, users = self._people[key]
-            if users == 1:
-                del self._people[key]
-            else:
-                self._people[key] = (lock, users - 1)
 
     async def feedback(self, event: FeedbackEvent) -> str | None:
         """Record ``event`` in the vote log: the answer id it concerned, None if it was not about

@@ -1,8 +1,9 @@
 """Limits every chat platform applies the same way, and how the asker hears about them.
 
 - **Text**: whatever a platform hands over (questions, corrections, comments) goes through
-  :func:`clean_text` first: a lone UTF-16 surrogate (JSON allows ``"\\ud800"``) cannot be
-  stored or sent on as UTF-8, so it becomes U+FFFD before anything else sees it.
+  :func:`clean_text` where every platform passes, in :class:`~bot.chat.ChatService`: a lone
+  UTF-16 surrogate (JSON allows ``"\\ud800"``) cannot be stored or sent on as UTF-8, so it
+  becomes U+FFFD before the answer path or the vote log sees it.
 - **Length**: a question longer than :data:`MAX_QUESTION` characters is cut to it (a cheap first
   bound, before any tokenizer runs); :class:`~bot.chat.ChatService` then cuts it to
   ``max_question_tokens`` tokens of the chat model (:func:`tokens_cut`). The asker is told once,
@@ -22,6 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
 from kbot.errors import KbotError
+from kbot.locks import PerKey
 
 if TYPE_CHECKING:  # bot.chat imports this module: the types only, at run time none
     from agent.answering import AnswerResult
@@ -42,8 +44,7 @@ def clean_text(text: str) -> str:
 
 
 def limit_question(text: str, reply: Reply) -> tuple[str, Reply]:
-    """``text`` cleaned and cut to :data:`MAX_QUESTION`, and the reply that tells the asker if it was."""
-    text = clean_text(text)
+    """``text`` cut to :data:`MAX_QUESTION`, and the reply that tells the asker if it was."""
     if len(text) <= MAX_QUESTION:
         return text, reply
     return text[:MAX_QUESTION], _CutNotice(reply, QUESTION_CUT)
@@ -90,26 +91,14 @@ class FairTurns:
 
     def __init__(self, per_key: int) -> None:
         self.per_key = per_key
-        # key -> (its semaphore, how many questions hold or wait for it): dropped when unused.
-        self._keys: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        self._keys: PerKey[asyncio.Semaphore] = PerKey(lambda: asyncio.Semaphore(per_key))
 
     @asynccontextmanager
     async def turn(self, keys: Iterable[str]) -> AsyncIterator[None]:
         """Wait until every one of ``keys`` has a free place, and hold them meanwhile."""
-        # Always taken in the same (sorted) order: two questions sharing two keys never deadlock.
-        wanted = sorted(set(keys))
-        for key in wanted:
-            semaphore, users = self._keys.get(key) or (asyncio.Semaphore(self.per_key), 0)
-            self._keys[key] = (semaphore, users + 1)
-        try:
-            async with AsyncExitStack() as held:
-                for key in wanted:
-                    await held.enter_async_context(self._keys[key][0])
-                yield
-        finally:
-            for key in wanted:
-                semaphore, users = self._keys[key]
-                if users == 1:
-                    del self._keys[key]
-                else:
-                    self._keys[key] = (semaphore, users - 1)
+        async with AsyncExitStack() as held:
+            # Always taken in the same (sorted) order: two questions sharing two keys never deadlock.
+            semaphores = [held.enter_context(self._keys.use(key)) for key in sorted(set(keys))]
+            for semaphore in semaphores:
+                await held.enter_async_context(semaphore)
+            yield

@@ -1,9 +1,14 @@
-"""A lock the task holding it may take again: for code that can nest (a session in a session)."""
+"""Locks: one the task holding it may take again (code that nests, a session in a session), and
+one lock or semaphore per key (a person, an address) that lives only while someone uses it."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class TaskLock:
@@ -29,3 +34,28 @@ class TaskLock:
         if not self._depth:
             self._owner = None
             self._lock.release()
+
+
+class PerKey(Generic[T]):
+    """One ``T`` (made by ``make``) per key, shared by everyone using that key at the moment and
+    dropped with its last user: per-person locks never pile up for people long gone."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._items: dict[Hashable, tuple[T, int]] = {}
+
+    @contextmanager
+    def use(self, key: Hashable) -> Iterator[T]:
+        item, users = self._items.get(key) or (self._make(), 0)
+        self._items[key] = (item, users + 1)
+        try:
+            yield item
+        finally:
+            item, users = self._items[key]
+            if users == 1:
+                del self._items[key]
+            else:
+                self._items[key] = (item, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -51,7 +51,7 @@ from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.teams import keys
-from bot.teams.guard import is_loopback_url, refuse_web_pages
+from bot.teams.guard import is_loopback_url, refuse_both_modes, refuse_web_pages
 from bot.teams.reply import TeamsReply
 from kbot.errors import ChatError, ConfigError, KbotError, public_reason
 from kbot.settings import Settings
@@ -143,11 +143,7 @@ class TeamsAdapter:
             raise ConfigError(
                 "Teams needs KBOT_TEAMS_APP_ID and KBOT_TEAMS_APP_PASSWORD (or KBOT_TEAMS_EMULATOR=true)."
             )
-        if self.app_id is not None and settings.teams_emulator:
-            raise ConfigError(
-                "KBOT_TEAMS_EMULATOR=true turns Teams authentication off and KBOT_TEAMS_APP_ID turns "
-                "it on: set one of them."
-            )
+        refuse_both_modes(settings)
         self.emulator = self.app_id is None
         keys.install()  # before the first token: botbuilder's own fetch would block the loop
         config = _BotConfig(settings)

@@ -36,16 +36,21 @@ def refuse_web_pages(request: web.Request) -> None:
 
 def check_teams_mode(settings: Settings, host: str) -> None:
     """Refuse the Emulator's open endpoint with an app id, or on an address others can reach."""
-    if settings.teams_emulator and settings.teams_app_id:
-        raise ConfigError(
-            "KBOT_TEAMS_EMULATOR=true turns Teams authentication off and KBOT_TEAMS_APP_ID turns it "
-            "on: set one of them."
-        )
+    refuse_both_modes(settings)
     if settings.teams_emulator and not is_loopback(host):
         raise ConfigError(
             "KBOT_TEAMS_EMULATOR=true opens /api/messages without authentication, so kbot serves it "
             f"on a loopback address only (--host 127.0.0.1, ::1 or localhost), not on {host!r}. For "
             "Teams itself set KBOT_TEAMS_APP_ID and KBOT_TEAMS_APP_PASSWORD instead."
+        )
+
+
+def refuse_both_modes(settings: Settings) -> None:
+    """An app id (tokens checked) and the Emulator opt-in (none checked) contradict each other."""
+    if settings.teams_emulator and settings.teams_app_id:
+        raise ConfigError(
+            "KBOT_TEAMS_EMULATOR=true turns Teams authentication off and KBOT_TEAMS_APP_ID turns it "
+            "on: set one of them."
         )
 
 

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from agent.answering import AnswerResult
 from bot.chat import SPOOLED, ChatService, FeedbackEvent, IncomingMessage
-from bot.limits import clean_text, limit_question
+from bot.limits import limit_question
 from bot.links import source_url
 from bot.web.auth import ClientAddress, address_key, is_https, set_visitor_cookie, web_user
 from kbot.errors import KbotError
@@ -172,7 +172,7 @@ class WebChat:
             message_id=answer_id,
             value=int(value),
             origin="web",
-            text=clean_text(text).strip(),
+            text=text.strip(),
         )
         try:
             recorded = await self.service.feedback(event)
