@@ -56,6 +56,12 @@ class AnswerResult:
     error: str = ""
     error_kind: str = ""  # "timeout", or the KbotError subclass: the metrics' error label
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (retrieval, generation)
+    # The model's own text before the grounding check (None: no model was called), whether the
+    # shown ``answer`` is that text and passed the check, and the check's verdict
+    # ({"mode", "passed", "reasons", "fallback"}; empty when no model was called).
+    generated: str | None = None
+    grounded: bool = False
+    grounding: dict[str, Any] = field(default_factory=dict)
 
 
 def open_backend(settings: Settings) -> ModelBackend:
@@ -151,10 +157,19 @@ class Answerer:
                 sources=self.settings.answer_sources,
                 min_relevance=self.settings.min_relevance,
                 max_new_tokens=self.settings.max_new_tokens,
+                grounding=self.settings.grounding,
                 shared=question.shared,
             )
             config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-            initial: AnswerState = {"question": question.text, "timings": {}}
+            # The checkpoint keeps the thread's last state: this turn's own fields start empty.
+            initial: AnswerState = {
+                "question": question.text,
+                "timings": {},
+                "messages": [],
+                "citations": [],
+                "generated": "",
+                "grounding": {},
+            }
             # The graph runs in its own task under the deadline and hands over tokens by queue, so
             # the time a caller spends between tokens (posting to Slack, say) never counts against
             # the model, and a timeout can never fire inside the caller's code.
@@ -194,6 +209,7 @@ class Answerer:
             error=error,
             error_kind=error_kind,
             timings=dict(state.get("timings", {})),
+            **_verdict(state, error),
         )
         await self._log(question, state, result)
         yield result
@@ -259,6 +275,8 @@ class Answerer:
                     ),
                     embedding_model=self.kb.embedder.name,
                     restricted=bool(state.get("restricted")),
+                    generated=result.generated,
+                    grounding=result.grounding or None,
                 ),
             )
         except KbotError as exc:
@@ -266,6 +284,18 @@ class Answerer:
 
     async def close(self) -> None:
         await self._exits.aclose()
+
+
+def _verdict(state: AnswerState, error: str) -> dict[str, Any]:
+    """AnswerResult's grounding fields; a model that timed out or failed has no verdict."""
+    grounding = dict(state.get("grounding") or {})
+    if error or not grounding:
+        return {}
+    return {
+        "generated": state.get("generated", ""),
+        "grounded": bool(grounding["passed"]) and grounding["fallback"] is None,
+        "grounding": grounding,
+    }
 
 
 def _checkpointer(settings: Settings) -> Any:

@@ -41,20 +41,30 @@ def best_quote(text: str, against: str, limit: int = 300) -> str:
     return best if len(best) <= limit else best[: limit - 1] + "…"
 
 
-def build_citations(answer: str, question: str, sources: Sequence[Hit]) -> list[Citation]:
-    """Citations for the sources the answer marked; the first source when it marked none.
-
-    Small models often forget the [n] markers; the passage ranked first is still what the
-    answer was built on, and users must be able to check it.
-    """
-    numbers = cited_numbers(answer, len(sources)) or ([1] if sources else [])
+def build_citations(
+    numbers: Sequence[int],
+    question: str,
+    answer: str,
+    sources: Sequence[Hit],
+    quotes: Sequence[tuple[int, str]] = (),
+) -> list[Citation]:
+    """Citations for the sources ``numbers`` (1-based) name: the passages that support the final
+    text, as the grounding check or the extractive answer found them, never a default. The quote is
+    the text the answer took from that source when given (``quotes``), else its sentence closest
+    to the question and the answer."""
+    taken: dict[int, list[str]] = {}
+    for n, text in quotes:
+        taken.setdefault(n, []).append(text)
     return [
         Citation(
             n=n,
             source=sources[n - 1].source,
             title=sources[n - 1].title,
-            quote=best_quote(sources[n - 1].text, f"{question} {answer}"),
+            quote=" ".join(taken[n])
+            if n in taken
+            else best_quote(sources[n - 1].text, f"{question} {answer}"),
             chunk_id=sources[n - 1].chunk_id,
         )
         for n in numbers
+        if 1 <= n <= len(sources)
     ]

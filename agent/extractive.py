@@ -3,7 +3,8 @@
 Each sentence of the given passages is scored by how much of the question it covers: the
 question's content tokens (:func:`agent.grounding.content_tokens`: words, CJK characters and
 bigrams), each weighted by its rarity among the candidate sentences (``days`` is everywhere,
-``sick`` decides), a token found only in the sentence's title or heading counting
+``sick`` decides), a token found only around the sentence (its title, heading or the rest of its
+passage: "lost laptop" for a passage on laptops that says "report a lost device") counting
 :data:`CONTEXT_WEIGHT`. A question asking "how many / how much / 幾 / 多少 / 多久" prefers a
 sentence with a number; a heading-like line (short, no sentence end, no number) counts little.
 
@@ -27,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.grounding import content_tokens, sentences
+from agent.grounding import ASKS_NUMBER, content_tokens, sentences
 from agent.numbers import quantities
 from knowledge.vectorstore import Hit
 
@@ -49,11 +50,6 @@ MAX_SENTENCES = 3
 NUMBERLESS = 0.8  # a sentence without a number, for a question that asks for one
 HEADING_LIKE = 0.3
 
-_ASKS_NUMBER = re.compile(
-    r"\bhow\s+(?:many|much|long|often|far|soon|quickly|early)\b|\bwhat\s+(?:is|are)\s+the\s+"
-    r"(?:limit|budget|amount|maximum|minimum|rate)|\bwhen\b|幾|几|多少|多久|多長|多长|多快|多大|上限|何時|何时",
-    re.IGNORECASE,
-)
 _END = re.compile(r"[.!?。！？；;:：]['\"”’」』)]*$")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -75,7 +71,7 @@ class _Candidate:
     order: int  # position in its passage
     text: str
     tokens: frozenset[str]
-    context: frozenset[str]  # its document title and heading path
+    context: frozenset[str]  # its document title, heading path and passage
     heading: frozenset[str]  # its own section heading
     prior: float  # NUMBERLESS / HEADING_LIKE factors
 
@@ -84,7 +80,7 @@ def extractive_answer(question: str, sources: Sequence[Hit], *, lang: str) -> Ex
     """The cited sentences of ``sources`` that best answer ``question``, led in in ``lang``
     (:func:`agent.grounding.language` of the question); None when no sentence answers it."""
     wanted = content_tokens(question)
-    asks_number = bool(_ASKS_NUMBER.search(question))
+    asks_number = bool(ASKS_NUMBER.search(question))
     candidates = [c for n, hit in enumerate(sources, 1) for c in _candidates(n, hit, asks_number)]
     if not wanted or not candidates:
         return None
@@ -124,7 +120,7 @@ def extractive_answer(question: str, sources: Sequence[Hit], *, lang: str) -> Ex
 
 
 def _candidates(n: int, hit: Hit, asks_number: bool) -> list[_Candidate]:
-    context = frozenset(content_tokens(f"{hit.title} {hit.heading}"))
+    context = frozenset(content_tokens(f"{hit.title} {hit.heading} {hit.text}"))
     heading = frozenset(content_tokens(hit.heading.split(" > ")[-1]))
     found: list[_Candidate] = []
     for order, s in enumerate(sentences(hit.text)):

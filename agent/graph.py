@@ -1,14 +1,21 @@
-"""The answer graph: condense → retrieve → judge → generate → finalize (LangGraph).
+"""The answer graph: condense → retrieve → judge → generate → ground → finalize (LangGraph).
 
 Each node is a small async function of the state and the run's :class:`AnswerContext`. The
 thread's history lives in the state and is persisted per thread by the checkpointer, so a
 follow-up question in the same thread sees the earlier turns.
+
+Nothing the model writes is shown before :func:`ground` has checked it against its passages
+(:mod:`agent.grounding`): with ``grounding="strict"`` the draft's tokens are held back, and the
+checked text (the draft, a cited extractive answer, or "not found") is streamed once. Only
+``grounding="off"`` streams the model's tokens as they come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import operator
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypedDict
@@ -18,18 +25,35 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent.backends import AdapterRef, Message, ModelBackend
-from agent.citations import Citation, build_citations
+from agent.citations import Citation, build_citations, cited_numbers
+from agent.extractive import extractive_answer
+from agent.grounding import check, degenerate, doomed, language
 from agent.prompts import build_messages
 from knowledge.base import MIN_DENSE_COVERAGE, KnowledgeBase
 from knowledge.sparse import keywords
 from knowledge.vectorstore import Hit
 
+log = logging.getLogger(__name__)
+_ENDS = re.compile(r"[.!?。！？\n]")
 HISTORY_TURNS = 3  # earlier turns shown to the model; older ones stay in the checkpoint only
-NOT_FOUND = "I could not find this in the documents available to you."
-NOT_FOUND_SHARED = (
-    "I could not find this in the documents everyone here may see. Documents shared with only "
-    "some teams are used when you ask me in a direct message."
-)
+# Said in the asker's language (agent.grounding.language of the question); English otherwise.
+NOT_FOUND = {
+    "en": "I could not find this in the documents available to you.",
+    "zh-Hant": "我在你可查閱的文件中找不到這個問題的答案。",
+    "zh-Hans": "我在你可查阅的文件中找不到这个问题的答案。",
+}
+NOT_FOUND_SHARED = {
+    "en": "I could not find this in the documents everyone here may see. Documents shared with only "
+    "some teams are used when you ask me in a direct message.",
+    "zh-Hant": "我在這裡每個人都能查閱的文件中找不到答案。只分享給部分團隊的文件，請私訊我詢問。",
+    "zh-Hans": "我在这里每个人都能查阅的文件中找不到答案。只分享给部分团队的文件，请私信我询问。",
+}
+CLOSEST = {"en": "The closest passages I found:", "zh-Hant": "最接近的段落：", "zh-Hans": "最接近的段落："}
+
+
+def said_in(table: dict[str, str], question: str) -> str:
+    lang = language(question)
+    return table.get("zh-Hant" if lang == "zh" else lang, table["en"])
 
 
 class Turn(TypedDict):
@@ -55,6 +79,10 @@ class AnswerState(TypedDict, total=False):
     # Restricted text (a source ingested with --acl) reached the model in this thread: the turn's
     # prompt, or an earlier turn's that is now its history. Sticky (or-ed) across the thread's turns.
     restricted: Annotated[bool, operator.or_]
+    # The model's own text (``answer`` is what is shown) and the grounding check's verdict on it:
+    # {"mode", "passed", "reasons", "fallback": None | "extractive" | "not_found"}.
+    generated: str
+    grounding: dict[str, Any]
 
 
 @dataclass(kw_only=True)
@@ -68,6 +96,7 @@ class AnswerContext:
     sources: int
     min_relevance: float
     max_new_tokens: int
+    grounding: str = "strict"  # strict | off (Settings.grounding)
     shared: bool = False  # others read the answer: say so when nothing is found
 
 
@@ -113,41 +142,99 @@ async def judge(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str
 
 
 async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
+    """Draft the answer. Held back (strict grounding) until :func:`ground` has checked it; a draft
+    that starts looping, or (strict) already holds what the check rejects, is cut there."""
     ctx = runtime.context
     sources = [Hit(**h) for h in state["sources"]]
     history = [(t["question"], t["answer"]) for t in (state.get("history") or [])[-HISTORY_TURNS:]]
     messages = build_messages(ctx.system_prompt, history, sources, state["question"])
     write = get_stream_writer()
+    visible = ctx.grounding == "off"
+    # Strict: stop at the first sign the check will reject the draft. Off: only at a loop.
+    hopeless = (
+        (lambda text: degenerate(text, final=False, prompt=ctx.system_prompt))
+        if visible
+        else doomed(state["question"], sources, prompt=ctx.system_prompt)
+    )
     parts: list[str] = []
     started = time.perf_counter()
-    async for text in ctx.backend.stream(messages, adapter=ctx.adapter, max_new_tokens=ctx.max_new_tokens):
+    stream = ctx.backend.stream(messages, adapter=ctx.adapter, max_new_tokens=ctx.max_new_tokens)
+    async for text in stream:
         parts.append(text)
-        write({"token": text})
+        if visible:
+            write({"token": text})
+        # A sentence or line just ended: the only point where the tests can see something new.
+        if _ENDS.search(text) and (why := hopeless("".join(parts))):
+            log.debug("draft stopped early: %s", why)
+            break
+    await _close(stream)
     timings = {**state.get("timings", {}), "generation": time.perf_counter() - started}
     return {"messages": messages, "answer": "".join(parts).strip(), "timings": timings}
 
 
+async def _close(stream: Any) -> None:
+    """Stop a backend's stream left early (its generation thread or HTTP response ends too)."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def ground(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
+    """Check the draft against its passages; show it only if it passes (strict), else the cited
+    sentences that answer the question, else "not found". Citations are the passages that
+    support the shown text, and nothing else."""
+    ctx = runtime.context
+    question, draft = state["question"], state["answer"]
+    sources = [Hit(**h) for h in state["sources"]]
+    started = time.perf_counter()
+    verdict = check(draft, question, sources, prompt=ctx.system_prompt, topic=state["search_query"])
+    grounding: dict[str, Any] = {
+        "mode": ctx.grounding,
+        "passed": verdict.passed,
+        "reasons": verdict.reasons,
+        "fallback": None,
+    }
+    update: dict[str, Any] = {"generated": draft, "grounding": grounding}
+    if ctx.grounding == "off":  # shown as written (and already streamed); marked sources only
+        update["citations"] = build_citations(cited_numbers(draft, len(sources)), question, draft, sources)
+    elif verdict.passed:
+        update["citations"] = build_citations(verdict.supporting, question, draft, sources)
+    elif found := extractive_answer(question, sources, lang=language(question)):
+        grounding["fallback"] = "extractive"
+        update["answer"] = found.text
+        update["citations"] = build_citations(found.supporting, question, found.text, sources, found.quotes)
+    else:
+        grounding["fallback"] = "not_found"
+        update.update(answer=_not_found_text(state, runtime.context), citations=[], status="not_found")
+    update["timings"] = {**state.get("timings", {}), "grounding": time.perf_counter() - started}
+    if ctx.grounding != "off":
+        get_stream_writer()({"token": update.get("answer", draft)})
+    return update
+
+
+def _not_found_text(state: AnswerState, ctx: AnswerContext) -> str:
+    question = state["question"]
+    lines = [said_in(NOT_FOUND_SHARED if ctx.shared else NOT_FOUND, question)]
+    closest = {h["source"]: h["title"] for h in state["retrieved"]}  # best first, one line per document
+    if closest:
+        lines.append(said_in(CLOSEST, question))
+        lines += [f"- {title} ({source})" for source, title in list(closest.items())[:3]]
+    return "\n".join(lines)
+
+
 async def not_found(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
     """Say so plainly, and offer the closest passages instead of inventing an answer."""
-    closest = [Hit(**h) for h in state["retrieved"][:3]]
-    lines = [NOT_FOUND_SHARED if runtime.context.shared else NOT_FOUND]
-    if closest:
-        lines.append("The closest passages I found:")
-        lines += [f"- {h.title} ({h.source})" for h in closest]
-    answer = "\n".join(lines)
+    answer = _not_found_text(state, runtime.context)
     get_stream_writer()({"token": answer})
-    return {"messages": [], "answer": answer}
+    return {"messages": [], "answer": answer, "citations": []}
 
 
 async def finalize(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
     sources = [Hit(**h) for h in state.get("sources") or []]
-    citations = (
-        build_citations(state["answer"], state["question"], sources) if state["status"] == "ok" else []
-    )
     return {
-        "citations": citations,
         "history": [Turn(question=state["question"], answer=state["answer"])],
-        "restricted": state["status"] == "ok" and any(h.restricted for h in sources),
+        # The model saw these sources (``messages`` is this turn's prompt), whatever was shown.
+        "restricted": bool(state.get("messages")) and any(h.restricted for h in sources),
     }
 
 
@@ -161,13 +248,15 @@ def build_graph() -> StateGraph[AnswerState, AnswerContext, AnswerState, AnswerS
     graph.add_node("retrieve", retrieve)
     graph.add_node("judge", judge)
     graph.add_node("generate", generate)
+    graph.add_node("ground", ground)
     graph.add_node("not_found", not_found)
     graph.add_node("finalize", finalize)
     graph.add_edge(START, "condense")
     graph.add_edge("condense", "retrieve")
     graph.add_edge("retrieve", "judge")
     graph.add_conditional_edges("judge", _route, ["generate", "not_found"])
-    graph.add_edge("generate", "finalize")
+    graph.add_edge("generate", "ground")
+    graph.add_edge("ground", "finalize")
     graph.add_edge("not_found", "finalize")
     graph.add_edge("finalize", END)
     return graph

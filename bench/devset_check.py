@@ -17,10 +17,12 @@ Retrieval here is knowledge.sparse's BM25 (the IDF computed over the dev corpus,
 does over a collection) over one passage per document section, then the graph's keyword-share
 filter, top 4: the passages the model would see. Prints per-language figures and ends with
 
-    RESULT extractive_en=… extractive_zh=… unsupported_numbers=… not_found=… good_passed=… bad_rejected=…
+    RESULT extractive_en=… extractive_zh=… unsupported_numbers=… not_found=… good_passed=…
+           bad_rejected=… off_topic_rejected=…
 
-(also: good answers cited to another retrieved passage, which must be rejected, and how many
-extractive answers also quote a distractor number, as a sentence often holds two).
+(also: good answers cited to another retrieved passage, which must be rejected; true sentences of
+another document's retrieved passage, cited right but beside the question, which must be rejected
+too; and how many extractive answers also quote a distractor number, as a sentence often holds two).
 
     python bench/devset_check.py [-v]
 """
@@ -39,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.extractive import Extractive, extractive_answer
-from agent.grounding import check, language
+from agent.grounding import check, language, sentences
 from agent.numbers import quantities
 from knowledge import sparse
 from knowledge.loaders import is_supported, load_document
@@ -140,6 +142,8 @@ class Figures:
     misattributed: int = 0  # good answers whose [S] is moved to another retrieved passage
     misattributed_rejected: int = 0
     distractor_shown: int = 0  # extractive answers that also quote a distractor number
+    off_topic: int = 0  # true sentences of another document's retrieved passage, correctly cited
+    off_topic_rejected: int = 0
     misses: list[str] = field(default_factory=list)
 
 
@@ -199,6 +203,17 @@ def _check_figures(f: Figures, q: DevQuestion, hits: list[Hit]) -> None:
             )
             if passed:
                 f.misses.append(f"misattributed passed: {moved}")
+    # True but beside the point: another document's sentence, cited to its own passage.
+    for n, hit in enumerate(hits, 1):
+        if hit.source == q.source:
+            continue
+        said = next((s.text for s in sentences(hit.text) if quantities(s.text)), None)
+        if said is None:
+            continue
+        passed = check(f"{said} [{n}]", q.question, hits).passed
+        f.off_topic, f.off_topic_rejected = f.off_topic + 1, f.off_topic_rejected + (not passed)
+        if passed:
+            f.misses.append(f"off-topic passed: {q.question} → {said} [{n}]")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -211,13 +226,15 @@ def main(args: argparse.Namespace) -> None:
     print(f"good answers passed: {f.good_passed}/{f.good}; bad answers rejected: {f.bad_rejected}/{f.bad}")
     print(f"good answers cited to another passage, rejected: {f.misattributed_rejected}/{f.misattributed}")
     print(f"extractive answers also quoting a distractor number: {f.distractor_shown}/{f.checked}")
+    print(f"true sentences of another document, cited right, rejected: {f.off_topic_rejected}/{f.off_topic}")
     if args.verbose:
         for line in f.misses + f.extractive_failing_check:
             print("  ", line)
     print(
         f"RESULT extractive_en={share['en']:.2f} extractive_zh={share['zh']:.2f} "
         f"unsupported_numbers={f.unsupported} not_found={f.not_found}/{f.unanswerable} "
-        f"good_passed={f.good_passed}/{f.good} bad_rejected={f.bad_rejected}/{f.bad}"
+        f"good_passed={f.good_passed}/{f.good} bad_rejected={f.bad_rejected}/{f.bad} "
+        f"off_topic_rejected={f.off_topic_rejected}/{f.off_topic}"
     )
 
 

@@ -243,8 +243,11 @@ class ChatService:
                 if item.status != "error":
                     await self._remember(message, item.answer_id, ids)
             else:
+                # One behind: the last piece is shown by finish(). A checked answer arrives in one
+                # piece, so it costs no update at all (Slack's chat.update budget is small).
+                if text:
+                    await reply.update(text)
                 text += item
-                await reply.update(text)
 
     async def _remember(self, message: IncomingMessage, answer_id: str, message_ids: list[str]) -> None:
         """Map the shown messages to the answer, for reactions. The answer is out: a failure here

@@ -223,13 +223,16 @@ def ask(
         bool,
         typer.Option(
             "--json",
-            help='Print {"answer","citations":[{"source","title","quote"}],"model","adapter","answer_id"}.',
+            help='Print {"answer","citations":[{"source","title","quote"}],"model","adapter","answer_id",'
+            '"generated" (the model\'s own text; null: no model called),"grounded","grounding" (reasons),'
+            '"fallback"}.',
         ),
     ] = False,
 ) -> None:
     """Answer a question from the documents, with numbered sources, through the configured model.
 
-    The answer streams as it is generated and is recorded in the answer log.
+    Checked against its sources before it is printed: a claim they do not support is replaced by
+    their own sentences, cited. Logged with the model's own text and the check's verdict.
 
     Example:  kbot ask "How many days of annual leave do I get?" --collection hr
     """
@@ -260,6 +263,10 @@ def ask(
                 "model": result.model,
                 "adapter": result.adapter,
                 "answer_id": result.answer_id,
+                "generated": result.generated,
+                "grounded": result.grounded,
+                "grounding": result.grounding.get("reasons", []),
+                "fallback": result.grounding.get("fallback"),
             }
             typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
         else:

@@ -10,6 +10,11 @@ saw, from the answer log, so training sees what serving saw):
 - SFT (``SFTTrainer``, OpenAI chat JSONL): ``{"messages": [messages…, {"role": "assistant", …}]}``
   — corrections, and answers rated good.
 
+An answer's text is always the one people saw (``Answer.answer``). Where the grounding check
+rejected the model's draft and showed a cited extractive answer instead, a 👍 on it also pairs
+the shown answer (chosen) with the draft (rejected): ``finetune.grounding_pairs``, rule
+``grounding``. A rejected draft is never a chosen side, nor a KTO or SFT completion.
+
 An answer's rating is the sum of its live votes, after each person's votes beyond
 ``max_votes_per_user`` (their oldest first kept) are set aside, so that one person cannot steer
 the model; it is *good* at ``+min_votes`` or more and *bad* at ``-min_votes`` or less. Answers
@@ -39,6 +44,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from finetune.grounding_pairs import grounding_pairs
 from kbot.db import Database
 from kbot.db.models import Answer, Chunk, Correction, Document, Vote
 from knowledge.vectorstore import PUBLIC
@@ -227,6 +233,8 @@ def build(
         [r.answer for r in (good | bad).values()], options.similarity, embed, embed_model
     )
     pairs += _vote_pairs(same, set(good))
+    # Rule 4: a shown extractive answer rated good beats the draft the grounding check rejected.
+    pairs += grounding_pairs(r.answer for r in good.values())
     _finish_pairs(out, pairs)
 
     paired = {i for _, _, a, b in pairs for i in (a, b)}

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         "that you do not know.",
         description="What the model is told before every conversation.",
     )
+    grounding: Literal["strict", "off"] = Field(
+        default="strict",
+        description="strict: every answer is checked against its sources before anyone sees it, and a "
+        "rejected one is replaced by a cited quote (or by 'the documents do not say'). off: the model's "
+        "text is shown as written (the check still runs and is logged); for evaluating the raw model only.",
+    )
     answer_sources: int = Field(default=4, ge=1, le=20, description="Passages given to the model per answer.")
     min_relevance: float = Field(
         default=0.3,

@@ -21,6 +21,7 @@ class FakeOpenAI:
     answer: str = "Sick leave is 10 days per year [1]."
     delay_s: float = 0.0
     echo: bool = False
+    whole: bool = False  # send the answer as one chunk (a server that buffers), not word by word
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     adapters: set[str] = field(default_factory=set)
     authorizations: set[str] = field(default_factory=set)  # Authorization headers seen
@@ -38,6 +39,8 @@ class FakeOpenAI:
         if self.echo:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in body["messages"])
             pieces = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+        elif self.whole:
+            pieces = [self.answer]
         else:
             pieces = [word + " " for word in self.answer.split(" ")]
         for piece in pieces:

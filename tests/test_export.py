@@ -24,6 +24,8 @@ async def answer(
     status: str = "ok",
     platform: str = "slack",
     restricted: bool | None = False,
+    generated: str | None = None,
+    grounding: dict[str, object] | None = None,
 ) -> str:
     answer_id = str(uuid.uuid4())
     async with db.session() as s:
@@ -49,6 +51,8 @@ async def answer(
                 base_model="m",
                 latency_ms=1,
                 restricted=restricted,
+                generated=generated,
+                grounding=grounding,
             )
         )
     return answer_id
@@ -229,3 +233,91 @@ async def test_answers_that_used_restricted_documents_are_never_exported(databas
     assert result.dropped["vote on an answer that used restricted documents"] == 3
     assert result.dropped["correction of an answer that used restricted documents"] == 1
     assert "restricted documents: 3" in result.summary()
+
+
+def rejected(reason: str = "unsupported claim") -> dict[str, object]:
+    """The grounding verdict of a draft the strict check replaced by a cited extractive answer."""
+    return {"mode": "strict", "passed": False, "reasons": [reason], "fallback": "extractive"}
+
+
+PASSED = {"mode": "strict", "passed": True, "reasons": [], "fallback": None}
+QUOTE = 'According to *Leave policy* [1]: "Up to 10 days of paid sick leave per year."'
+DRAFT = "You get unlimited sick leave."
+
+
+async def test_extractive_answer_voted_good_beats_the_rejected_draft(database: Database) -> None:
+    votes = VoteLog(database)
+    shown = await answer(database, "Sick leave?", QUOTE, generated=DRAFT, grounding=rejected())
+    await votes.vote(answer_id=shown, platform="slack", voter="U2", value=1, origin="button")
+    # A draft that passed, voted 👍, and one logged before the check: as before, KTO and SFT rows.
+    passed = await answer(database, "Gym?", "30 euros [1].", generated="30 euros [1].", grounding=PASSED)
+    old = await answer(database, "Parking?", "Free [1].")
+    for answer_id in (passed, old):
+        await votes.vote(answer_id=answer_id, platform="slack", voter="U2", value=1, origin="button")
+
+    result = await export_feedback(database, ExportOptions())
+    assert texts(result.dpo) == {(QUOTE, DRAFT)}
+    (row,) = result.dpo
+    assert set(row) == {"prompt", "chosen", "rejected"}  # TRL's DPO format, nothing more
+    assert row["prompt"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "Q: Sick leave?"},
+    ]
+    assert row["chosen"] == [{"role": "assistant", "content": QUOTE}]
+    assert row["rejected"] == [{"role": "assistant", "content": DRAFT}]
+    assert result.made["grounding"] == 1 and "made by grounding: 1" in result.summary()
+    assert sorted(r["completion"][0]["content"] for r in result.kto) == ["30 euros [1].", "Free [1]."]
+    assert {r["messages"][-1]["content"] for r in result.sft} == {QUOTE, "30 euros [1].", "Free [1]."}
+
+
+async def test_a_rejected_draft_is_never_chosen(database: Database) -> None:
+    votes = VoteLog(database)
+    # 👎 on the extractive answer: no pair with the draft; the shown text is the rated one.
+    down = await answer(database, "Sick leave?", QUOTE, generated=DRAFT, grounding=rejected())
+    await votes.vote(answer_id=down, platform="slack", voter="U2", value=-1, origin="button")
+    result = await export_feedback(database, ExportOptions())
+    assert result.dpo == [] and "grounding" not in result.made
+    assert [(r["completion"][0]["content"], r["label"]) for r in result.kto] == [(QUOTE, False)]
+    # Beside a 👍 answer to the same question in the same context: the shown text is rejected.
+    up = await answer(
+        database, "sick  LEAVE?", "Ten days a year [1].", generated="Ten days a year [1].", grounding=PASSED
+    )
+    await votes.vote(answer_id=up, platform="slack", voter="U3", value=1, origin="button")
+    result = await export_feedback(database, ExportOptions())
+    assert texts(result.dpo) == {("Ten days a year [1].", QUOTE)}
+    assert DRAFT not in str([*result.dpo, *result.kto, *result.sft])
+    # A draft equal to the shown text, or votes that cancel out: no grounding pair either.
+    same = await answer(database, "Dental?", "Covered [1].", generated=" Covered [1]. ", grounding=rejected())
+    tied = await answer(database, "Bike?", QUOTE, generated="A bike a year.", grounding=rejected())
+    await votes.vote(answer_id=same, platform="slack", voter="U2", value=1, origin="button")
+    await votes.vote(answer_id=tied, platform="slack", voter="U2", value=1, origin="button")
+    await votes.vote(answer_id=tied, platform="slack", voter="U3", value=-1, origin="button")
+    assert "grounding" not in (await export_feedback(database, ExportOptions())).made
+
+
+async def test_grounding_pairs_follow_the_export_rules(database: Database) -> None:
+    votes = VoteLog(database)
+    anonymous = await answer(
+        database, "Sick leave?", QUOTE, generated=DRAFT, grounding=rejected(), platform="web"
+    )
+    await votes.vote(answer_id=anonymous, platform="web", voter="anon-1", value=1, origin="web")
+    for kwargs in ({"restricted": True}, {"platform": "eval"}):
+        secret = await answer(
+            database, "Salary?", "CANARY-1 quote", generated="CANARY-2 draft", grounding=rejected(), **kwargs
+        )  # type: ignore[arg-type]
+        await votes.vote(answer_id=secret, platform="slack", voter="U2", value=1, origin="button")
+    # The same pair twice (the same prompt, quote and draft): kept once.
+    for voter in ("U4", "U5"):
+        twin = await answer(database, "Vacation?", "20 days [1].", generated="Ask HR.", grounding=rejected())
+        await votes.vote(answer_id=twin, platform="slack", voter=voter, value=1, origin="button")
+
+    result = await export_feedback(database, ExportOptions())
+    assert texts(result.dpo) == {("20 days [1].", "Ask HR.")}
+    assert result.made["grounding"] == 1 and result.dropped["duplicate pair"] == 1
+    assert "CANARY" not in str([*result.dpo, *result.kto, *result.sft])
+    assert result.dropped["vote by an anonymous web visitor"] == 1
+    assert result.dropped["vote on an answer that used restricted documents"] == 1
+    assert result.dropped["vote on an answer made without the model"] == 1  # the evaluation run
+    allowed = await export_feedback(database, ExportOptions(train_on_anonymous=True))
+    assert texts(allowed.dpo) == {("20 days [1].", "Ask HR."), (QUOTE, DRAFT)}
+    assert allowed.made["grounding"] == 2

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.extractive import Extractive, extractive_answer
-from agent.grounding import _SIMP, _TRAD, accepts, check, degenerate, language, sentences
+from agent.grounding import accepts, check, degenerate, doomed, language, sentences
+from agent.hanzi import _SIMP, _TRAD
 from agent.numbers import Quantity, fold, quantities, without_quantities
 from bench.devset_check import DEVSET, evaluate, load_corpus, load_questions, retrieve
 from knowledge.vectorstore import Hit
@@ -434,6 +435,7 @@ def test_dev_set_figures() -> None:
     assert f.bad_rejected == f.bad, f.misses
     assert f.misattributed_rejected == f.misattributed, f.misses
     assert f.good_passed / f.good >= 0.95, f.misses
+    assert f.off_topic >= 8 and f.off_topic_rejected / f.off_topic >= 0.85, f.misses
 
 
 def test_dev_retrieval_feeds_distracting_passages() -> None:
@@ -443,3 +445,37 @@ def test_dev_retrieval_feeds_distracting_passages() -> None:
     assert hits[0].heading.endswith("Hotels") and "180 EUR" in hits[0].text and "250 EUR" in hits[0].text
     found = extractive_answer("What is the hotel limit per night in London?", hits, lang="en")
     assert found is not None and "250" in found.text
+
+
+# --- relevance, cut-off drafts, and stopping a draft early ---------------------------------
+
+
+def test_a_true_sentence_beside_the_question_is_rejected() -> None:
+    # The annual-leave rule, quoted right, is no answer to a question on marriage leave.
+    annual_zh = hit(6, "特休假", "到職滿一年的員工，每年享有十四天特休假。", "員工請假規定", "請假規定.md")
+    sources = [annual_zh, MARRIAGE]
+    verdict = check("到職滿一年的員工，每年享有十四天特休假[1]。", "婚假可以請幾天？", sources)
+    assert not verdict.passed and any(r.startswith("off topic") for r in verdict.reasons)
+    assert check("婚假有八天[2]。", "婚假可以請幾天？", sources).passed
+
+
+def test_the_topic_of_a_follow_up_is_its_thread_question() -> None:
+    follow_up = "Within how many months must it be taken?"
+    answer = "Parental leave must be taken within 12 months of the birth [3]."
+    assert check(answer, follow_up, LEAVE, topic=f"How long is parental leave? {follow_up}").passed
+
+
+def test_a_draft_cut_off_inside_a_quote_is_rejected() -> None:
+    verdict = check('The policy says "Up to 10 days of paid sick leave', SICK_Q, LEAVE)
+    assert not verdict.passed and "unfinished: an open quote" in verdict.reasons
+    assert degenerate('He said "yes', final=False) is None  # a growing prefix may still close it
+
+
+def test_a_doomed_draft_is_known_before_it_ends() -> None:
+    test = doomed(SICK_Q, LEAVE)
+    assert test("Up to 10 days of paid sick leave per year [1]. A doctor") is None
+    # A finished sentence with a number no passage states: whatever follows, the draft fails.
+    assert test("You get 16 days of sick leave per year. And") == "unsupported number: 16 day"
+    # The last sentence may still be growing: nothing is judged before it ends.
+    assert test("You get 16") is None
+    assert doomed("婚假可以請幾天？", ZH)("You can take eight days of marriage leave. It") is not None

@@ -436,6 +436,9 @@ async def kbot_server(tmp_path: Path, embedder: Embedder, **overrides: Any) -> A
         "rate_limit_per_minute": 0,
         "slack_update_interval_s": 3600,  # the final message only: the fake model is instant
         "max_concurrent_answers": 8,
+        # The echoing model shows what reached the prompt; the grounding check would replace the
+        # echo with the sources' own sentences and hide a leak in the prompt from these tests.
+        "grounding": "off",
         **overrides,
     }
     async with teams_env(tmp_path, cached, password=password, **options) as teams:

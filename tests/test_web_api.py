@@ -60,10 +60,10 @@ async def test_chat_streams_the_answer_with_citations_and_sets_a_visitor(env: Sl
     assert visitor["httponly"] and visitor["samesite"] == "Lax"
     stream = await events(response)
     kinds = [e for e, _ in stream]
-    assert kinds[0] == "working" and kinds[-1] == "end" and kinds.count("delta") >= 2
+    # The draft is held back for the grounding check: the checked text comes whole, as the answer.
+    assert kinds == ["working", "answer", "end"]
     answer = answer_of(stream)
-    deltas = "".join(d["text"] for e, d in stream if e == "delta")
-    assert deltas.strip() == answer["text"] == "Sick leave is 10 days per year [1]."
+    assert answer["text"] == "Sick leave is 10 days per year [1]."
     [citation] = answer["citations"]
     assert citation["title"] == "Leave policy" and "sick leave" in citation["quote"].lower()
     assert citation["url"] == "https://wiki.example.com/handbook/leave-policy.md"
@@ -218,11 +218,79 @@ async def test_dashboard_figures_follow_answers_and_votes(env: SlackEnv) -> None
     vote = {"answer_id": answer_id, "kind": "vote", "value": 1}
     assert (await env.client.post("/api/feedback", json=vote, cookies=cookies)).status == 200
     data = await (await env.client.get("/api/dashboard", headers=headers)).json()
-    assert data["totals"] == {"answers": 2, "up": 1, "down": 0, "rate": 1.0, "gaps": 1}
+    # One model answer, grounded: the grounding check kept it; the gap called no model.
+    assert data["totals"] == {
+        "answers": 2,
+        "up": 1,
+        "down": 0,
+        "rate": 1.0,
+        "gaps": 1,
+        "generated": 1,
+        "fallback": 0,
+        "fallback_share": 0.0,
+    }
     assert [(r["platform"], r["answers"]) for r in data["answers_per_day"]] == [("web", 2)]
     assert [(r["adapter"], r["up"], r["down"]) for r in data["satisfaction"]] == [("base", 1, 0)]
     assert data["gaps"][0]["question"] == "Where is the moon base cafeteria?"
     assert data["top_documents"][0]["title"] == "Leave policy"
+
+
+async def test_dashboard_shows_the_share_of_answers_that_needed_the_fallback(env: SlackEnv) -> None:
+    def logged(adapter: str | None, fallback: str | None, platform: str = "web") -> Answer:
+        verdict = {"mode": "strict", "passed": fallback is None, "reasons": [], "fallback": fallback}
+        return Answer(
+            id=_id(),
+            platform=platform,
+            asker="U1",
+            collections=["hr"],
+            question="q",
+            search_query="q",
+            messages=[],
+            retrieved=[],
+            answer="x",
+            citations=[],
+            status="not_found" if fallback == "not_found" else "ok",
+            base_model="m",
+            adapter_version=adapter,
+            latency_ms=1,
+            generated="draft",
+            grounding=verdict,
+        )
+
+    rows = [
+        logged(None, None),
+        logged(None, "extractive"),
+        logged("dpo-1", "not_found"),
+        *(logged("dpo-1", None) for _ in range(3)),
+        logged("dpo-1", "extractive", platform="eval"),  # never counted
+    ]
+    async with env.runtime.service.answerer.kb.db.session() as s:
+        s.add_all(rows)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    data = await (await env.client.get("/api/dashboard", headers=headers)).json()
+    assert (data["totals"]["generated"], data["totals"]["fallback"], data["totals"]["fallback_share"]) == (
+        6,
+        2,
+        0.3333,
+    )
+    by_adapter = {
+        r["adapter"]: (r["answers"], r["extractive"], r["not_found"], r["share"])
+        for r in data["grounding_by_adapter"]
+    }
+    assert by_adapter == {"base": (2, 1, 0, 0.5), "dpo-1": (4, 0, 1, 0.25)}
+    [base_today, dpo_today] = data["grounding"]
+    assert (base_today["adapter"], base_today["share"], dpo_today["adapter"], dpo_today["share"]) == (
+        "base",
+        0.5,
+        "dpo-1",
+        0.25,
+    )
+    # The page has the section, and its script reads these fields.
+    page = await (await env.client.get("/dashboard")).text()
+    assert 'id="fallback-note"' in page and 'id="chart-fallback"' in page and 'id="fallback"' in page
+    script = await (await env.client.get("/static/dashboard.js")).text()
+    assert "Answers that needed the fallback" in script
+    assert all(key in script for key in ("fallback_share", "grounding_by_adapter", "data.grounding"))
 
 
 async def test_metrics_count_traffic_and_requests_carry_ids(env: SlackEnv) -> None:

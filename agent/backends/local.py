@@ -17,6 +17,10 @@ from agent.backends import AdapterRef, Message
 from kbot.errors import AdapterError, ModelError
 
 log = logging.getLogger(__name__)
+# No n-gram of this many tokens is generated twice: a 135M model otherwise loops ("The answer
+# is: [1]" line after line). Counted over the answer only, never the prompt, so a source can
+# still be quoted word for word.
+NO_REPEAT_NGRAM = 6
 
 
 class LocalBackend:
@@ -145,7 +149,7 @@ class LocalBackend:
     ) -> None:
         """Runs in one worker thread: generate() pushes text to the queue as it decodes it."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
         def put(item: str | BaseException | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -170,6 +174,9 @@ class LocalBackend:
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     stopping_criteria=StoppingCriteriaList([_Stop()]),
+                    logits_processor=LogitsProcessorList(
+                        [_NoRepeatInAnswer(NO_REPEAT_NGRAM, int(inputs["input_ids"].shape[1]))]
+                    ),
                     pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
                 )
         except Exception as exc:  # noqa: BLE001 - any failure must reach the waiting answer, not vanish in a thread
@@ -179,3 +186,27 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._model = None
+
+
+class _NoRepeatInAnswer:
+    """transformers' ``no_repeat_ngram_size``, over the generated tokens only (its own counts the
+    prompt too, and would forbid quoting the sources)."""
+
+    def __init__(self, n: int, prompt_length: int) -> None:
+        self._n = n
+        self._start = prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for row in range(input_ids.shape[0]):
+            said = input_ids[row, self._start :].tolist()
+            if len(said) < self._n:
+                continue
+            prefix = said[len(said) - self._n + 1 :]
+            banned = [
+                said[i + self._n - 1]
+                for i in range(len(said) - self._n + 1)
+                if said[i : i + self._n - 1] == prefix
+            ]
+            if banned:
+                scores[row, banned] = float("-inf")
+        return scores

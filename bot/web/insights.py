@@ -1,8 +1,12 @@
 """What the dashboard shows, read from the answer log, the vote log and the training runs.
 
 Aggregation happens in SQL where both SQLite and PostgreSQL can do it (``date()`` of a UTC
-timestamp, counts); citations are JSON lists and are counted here, over the window's answers.
+timestamp, counts); citations and grounding verdicts are JSON and are counted here, over the
+window's answers (only the columns needed).
 Evaluation answers (platform ``eval``) are the learning loop talking to itself: never counted.
+The fallback share counts only answers where a model was called (``generated`` is set): of those,
+the ones the grounding check replaced by a cited quote (``extractive``) or by "the documents do
+not say" (``not_found``).
 Feedback from anonymous web visitors is counted like any other, and also on its own
 (``anonymous``): the export leaves it out of training unless ``KBOT_TRAIN_ON_ANONYMOUS``.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +41,9 @@ class Insights:
     top_documents: list[dict[str, Any]] = field(default_factory=list)  # {source, title, citations}
     runs: list[dict[str, Any]] = field(default_factory=list)
     loss_curves: list[dict[str, Any]] = field(default_factory=list)  # {adapter, active, losses}
+    # {day, adapter, answers, fallback, extractive, not_found, share}: answers = model-written ones
+    grounding: list[dict[str, Any]] = field(default_factory=list)
+    grounding_by_adapter: list[dict[str, Any]] = field(default_factory=list)  # the same, without day
     totals: dict[str, Any] = field(default_factory=dict)
     # {votes, corrections, anonymous_votes, anonymous_corrections, share}: share of all feedback
     anonymous: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +54,47 @@ class Insights:
 
 def _rate(up: int, down: int) -> float | None:
     return round(up / (up + down), 4) if up + down else None
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _fallbacks(rows: Iterable[tuple[Any, str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """Per (day, adapter): how many model-written answers the grounding check replaced, and by what.
+
+    A draft without a verdict (``grounding`` None: no check ran) was shown as is: no fallback.
+    """
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for d, a, grounding in rows:
+        c = counts.setdefault((str(d), a), Counter())
+        c["answers"] += 1
+        fallback = grounding.get("fallback") if isinstance(grounding, dict) else None
+        if fallback is not None:
+            c["fallback"] += 1
+            c[str(fallback)] += 1
+    return [_fallback_row(c, day=d, adapter=a) for (d, a), c in sorted(counts.items())]
+
+
+def _fallback_row(c: Counter[str], **key: str) -> dict[str, Any]:
+    n, fell = c["answers"], c["fallback"]
+    return {
+        **key,
+        "answers": n,
+        "fallback": fell,
+        "extractive": c["extractive"],
+        "not_found": c["not_found"],
+        "share": _share(fell, n),
+    }
+
+
+def _by_adapter(per_day: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    totals: dict[str, Counter[str]] = {}
+    for row in per_day:
+        c = totals.setdefault(row["adapter"], Counter())
+        for name in ("answers", "fallback", "extractive", "not_found"):
+            c[name] += row[name]
+    return [_fallback_row(c, adapter=a) for a, c in sorted(totals.items())]
 
 
 async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -> Insights:
@@ -111,6 +160,11 @@ async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -
             {"source": src, "title": title, "citations": n} for (src, title), n in cited.most_common(15)
         ]
 
+        # Only answers a model wrote: nothing found or an error leaves nothing to check.
+        drafted = select(day, adapter, Answer.grounding).where(*recent, Answer.generated.is_not(None))
+        out.grounding = _fallbacks((d, a, g) for d, a, g in await s.execute(drafted))
+        out.grounding_by_adapter = _by_adapter(out.grounding)
+
         runs = await s.scalars(select(TrainingRun).order_by(TrainingRun.started_at.desc()).limit(20))
         out.runs = [_run(r) for r in runs]
 
@@ -137,7 +191,10 @@ async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -
         "down": int(total[1] or 0),
         "rate": _rate(int(total[0] or 0), int(total[1] or 0)),
         "gaps": sum(g["asked"] for g in out.gaps),
+        "generated": sum(g["answers"] for g in out.grounding),
+        "fallback": sum(g["fallback"] for g in out.grounding),
     }
+    out.totals["fallback_share"] = _share(out.totals["fallback"], out.totals["generated"])
     given = feedback["votes"] + feedback["corrections"]
     anonymous = feedback["anonymous_votes"] + feedback["anonymous_corrections"]
     out.anonymous = {**feedback, "share": round(anonymous / given, 4) if given else None}

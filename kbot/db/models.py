@@ -6,6 +6,7 @@ Tables are grouped by the package that writes them; any package may read them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -138,6 +139,12 @@ class Answer(Base):
     # thread's history. Such answers are never exported for training: an adapter answers everyone.
     # NULL: logged before kbot recorded it (the export then judges by the retrieved chunks).
     restricted: Mapped[bool | None] = mapped_column(nullable=True)
+    # The model's own text before the grounding check replaced anything (None: no model was
+    # called, e.g. nothing relevant was found), and the check's verdict on it:
+    # {"mode": "strict"|"off", "passed": bool, "reasons": [...], "fallback": None|"extractive"|"not_found"}.
+    # The shown text is ``answer``; it is the model's own only when ``fallback`` is None.
+    generated: Mapped[str | None] = mapped_column(String, nullable=True)
+    grounding: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 # --- bot/: inbound event ledger (dedupe + rate limits) and where each answer was posted ---

@@ -43,6 +43,32 @@ function pivot(rows, key, seriesKey, valueKey) {
   return { labels, series };
 }
 
+// The grounding check's fallback: a cited quote or "the documents do not say" instead of the model's
+// draft. Only answers a model wrote count; the learning loop should make this share go down.
+function drawFallback(data) {
+  const t = data.totals;
+  const sum = (key) => data.grounding_by_adapter.reduce((n, r) => n + r[key], 0);
+  const quotes = sum("extractive");
+  $("fallback-note").textContent = t.fallback_share === null
+    ? "No model-written answers in this window yet."
+    : `Answers that needed the fallback: ${percent(t.fallback_share)} (${t.fallback} of ${t.generated}: `
+      + `${quotes} cited ${quotes === 1 ? "quote" : "quotes"}, ${sum("not_found")} "the documents do not say"); `
+      + "the nightly loop should drive this down.";
+  const adapters = [...new Set(data.grounding.map((r) => r.adapter))].sort();
+  lineChart($("chart-fallback"), {
+    labels: [...new Set(data.grounding.map((r) => r.day))].sort(), max: 1, format: percent,
+    emptyText: "No model-written answers yet.",
+    series: adapters.map((name) => ({
+      name, points: data.grounding.filter((r) => r.adapter === name && r.share !== null).map((r) => [r.day, r.share]),
+    })),
+  });
+  table($("fallback"), [
+    ["Adapter", (r) => r.adapter], ["Model answers", (r) => r.answers], ["Needed the fallback", (r) => r.fallback],
+    ["Cited quote", (r) => r.extractive], ["Documents do not say", (r) => r.not_found],
+    ["Share", (r) => (r.share === null ? "—" : percent(r.share))],
+  ], data.grounding_by_adapter, "No model-written answers yet.");
+}
+
 function draw(data) {
   $("active-adapter").textContent = `active adapter: ${data.active_adapter ?? "none (base model)"}`;
   const t = data.totals;
@@ -51,6 +77,7 @@ function draw(data) {
   $("totals").replaceChildren(...[
     ["Answers", t.answers], ["👍", t.up], ["👎", t.down],
     ["Satisfaction", t.rate === null ? "—" : percent(t.rate)], ["Unanswered questions", t.gaps],
+    ["Needed the fallback", t.fallback_share === null ? "—" : percent(t.fallback_share)],
     ["Anonymous feedback", a.share === null ? "—" : `${anonymous} (${percent(a.share)})`],
   ].map(([label, value]) => {
     const div = document.createElement("div");
@@ -78,6 +105,7 @@ function draw(data) {
       { name: "👎", values: data.by_adapter.map((a) => a.down), color: "#e03131" },
     ],
   });
+  drawFallback(data);
   hbarChart($("chart-documents"), {
     items: data.top_documents.map((d) => ({ label: d.title || d.source, value: d.citations })),
     emptyText: "No cited answers yet.",
