@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
@@ -158,6 +159,7 @@ class Answerer:
                 min_relevance=self.settings.min_relevance,
                 max_new_tokens=self.settings.max_new_tokens,
                 grounding=self.settings.grounding,
+                languages=model_languages(self.settings, self.backend.base_model),
                 shared=question.shared,
             )
             config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
@@ -169,6 +171,7 @@ class Answerer:
                 "citations": [],
                 "generated": "",
                 "grounding": {},
+                "unwritten": "",
             }
             # The graph runs in its own task under the deadline and hands over tokens by queue, so
             # the time a caller spends between tokens (posting to Slack, say) never counts against
@@ -286,13 +289,25 @@ class Answerer:
         await self._exits.aclose()
 
 
+def model_languages(settings: Settings, model: str) -> frozenset[str] | None:
+    """The languages the chat ``model`` is asked to write (None: any)."""
+    if settings.model_languages == "all":
+        return None
+    if settings.model_languages == "auto":
+        from agent.base_model import BUNDLED
+
+        # The bundled model by name or as its converted checkpoint's folder.
+        return frozenset({"en"}) if Path(model).name == BUNDLED else None
+    return frozenset(v.strip() for v in settings.model_languages.split(","))
+
+
 def _verdict(state: AnswerState, error: str) -> dict[str, Any]:
     """AnswerResult's grounding fields; a model that timed out or failed has no verdict."""
     grounding = dict(state.get("grounding") or {})
     if error or not grounding:
         return {}
     return {
-        "generated": state.get("generated", ""),
+        "generated": state.get("generated"),
         "grounded": bool(grounding["passed"]) and grounding["fallback"] is None,
         "grounding": grounding,
     }

@@ -9,9 +9,10 @@ passage: "lost laptop" for a passage on laptops that says "report a lost device"
 sentence with a number; a heading-like line (short, no sentence end, no number) counts little.
 
 A sentence answers when it covers :data:`EXTRACT_MIN` of the question, or :data:`EXTRACT_LOW`
-under a section heading the question names (a heading says what its section is about, so the
-rest of the question may be a paraphrase: 父母過世 for 父母喪亡). With none there is no answer
-(None: the caller says the documents do not say). Further sentences, from any passage, are
+under a section heading the question names, with the question's rarest word the passages have
+(a heading says what its section is about, so the rest of the question may be a paraphrase:
+父母過世 for 父母喪亡; but "Leaving the company" does not name "paid sick leave"). With none
+there is no answer (None: the caller says the documents do not say). Further sentences, from any passage, are
 added while each covers at least :data:`GAIN_MIN` more of the question, up to
 :data:`MAX_SENTENCES`.
 
@@ -98,10 +99,18 @@ def extractive_answer(question: str, sources: Sequence[Hit], *, lang: str) -> Ex
         )
         return got / total
 
+    # The rarest question word the passages have: the one that tells what the question is about.
+    telling_weight = max((weight[t] for t in wanted if df[t]), default=0.0)
+
     def answers(c: _Candidate) -> bool:
         covered = coverage([c])
-        named = len(c.heading & wanted) / len(c.heading) if c.heading else 0.0
-        return covered >= EXTRACT_MIN or (covered >= EXTRACT_LOW and named >= HEADING_MIN)
+        if covered >= EXTRACT_MIN:
+            return True
+        # A heading names the topic only with the question's telling word: "Leaving the company"
+        # shares "leave" with "paid sick leave", but not "paid", which only one sentence has.
+        named = c.heading & wanted
+        telling = any(weight[t] >= telling_weight for t in named)
+        return covered >= EXTRACT_LOW and telling and len(named) / len(c.heading) >= HEADING_MIN
 
     ranked = sorted(candidates, key=lambda c: (-coverage([c]) * c.prior, c.source, c.order))
     first = next((c for c in ranked if answers(c)), None)

@@ -27,7 +27,7 @@ from langgraph.runtime import Runtime
 from agent.backends import AdapterRef, Message, ModelBackend
 from agent.citations import Citation, build_citations, cited_numbers
 from agent.extractive import extractive_answer
-from agent.grounding import check, degenerate, doomed, language
+from agent.grounding import Verdict, accepts, check, degenerate, doomed, language
 from agent.prompts import build_messages
 from knowledge.base import MIN_DENSE_COVERAGE, KnowledgeBase
 from knowledge.sparse import keywords
@@ -81,8 +81,10 @@ class AnswerState(TypedDict, total=False):
     restricted: Annotated[bool, operator.or_]
     # The model's own text (``answer`` is what is shown) and the grounding check's verdict on it:
     # {"mode", "passed", "reasons", "fallback": None | "extractive" | "not_found"}.
-    generated: str
+    generated: str | None
     grounding: dict[str, Any]
+    # Why the model was not asked (it does not write the asker's language), or "".
+    unwritten: str
 
 
 @dataclass(kw_only=True)
@@ -97,6 +99,7 @@ class AnswerContext:
     min_relevance: float
     max_new_tokens: int
     grounding: str = "strict"  # strict | off (Settings.grounding)
+    languages: frozenset[str] | None = None  # what the model writes (None: any); Settings.model_languages
     shared: bool = False  # others read the answer: say so when nothing is found
 
 
@@ -145,6 +148,10 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     """Draft the answer. Held back (strict grounding) until :func:`ground` has checked it; a draft
     that starts looping, or (strict) already holds what the check rejects, is cut there."""
     ctx = runtime.context
+    asked = language(state["question"])
+    if ctx.grounding == "strict" and not _writes(ctx.languages, asked):
+        # Its draft would fail the language test anyway: skip the seconds it takes to write.
+        return {"messages": [], "answer": "", "unwritten": f"the model does not write {asked}"}
     sources = [Hit(**h) for h in state["sources"]]
     history = [(t["question"], t["answer"]) for t in (state.get("history") or [])[-HISTORY_TURNS:]]
     messages = build_messages(ctx.system_prompt, history, sources, state["question"])
@@ -172,6 +179,10 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     return {"messages": messages, "answer": "".join(parts).strip(), "timings": timings}
 
 
+def _writes(languages: frozenset[str] | None, asked: str) -> bool:
+    return languages is None or not asked or any(accepts(asked, lang) for lang in languages)
+
+
 async def _close(stream: Any) -> None:
     """Stop a backend's stream left early (its generation thread or HTTP response ends too)."""
     aclose = getattr(stream, "aclose", None)
@@ -187,14 +198,17 @@ async def ground(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[st
     question, draft = state["question"], state["answer"]
     sources = [Hit(**h) for h in state["sources"]]
     started = time.perf_counter()
-    verdict = check(draft, question, sources, prompt=ctx.system_prompt, topic=state["search_query"])
+    if unwritten := state.get("unwritten"):
+        verdict = Verdict(False, [unwritten])
+    else:
+        verdict = check(draft, question, sources, prompt=ctx.system_prompt, topic=state["search_query"])
     grounding: dict[str, Any] = {
         "mode": ctx.grounding,
         "passed": verdict.passed,
         "reasons": verdict.reasons,
         "fallback": None,
     }
-    update: dict[str, Any] = {"generated": draft, "grounding": grounding}
+    update: dict[str, Any] = {"generated": None if unwritten else draft, "grounding": grounding}
     if ctx.grounding == "off":  # shown as written (and already streamed); marked sources only
         update["citations"] = build_citations(cited_numbers(draft, len(sources)), question, draft, sources)
     elif verdict.passed:

@@ -1,6 +1,8 @@
 """Answer-path overhead: kbot's whole answer (graph, retrieval, relevance judge, prompt building,
 answer log) vs bare ``model.generate`` of the same prompt for the same number of tokens, and
-the time to the first streamed token. Same process, same loaded model, interleaved runs.
+the time to the first streamed token. Same process, same loaded model, interleaved runs. The
+answer path includes the grounding check; with it (the default) the first token shown is the
+checked answer, whole.
 Goal: overhead ≤ 10 %.
 
     python bench/answer.py [--rounds R] [--max-new-tokens N]
@@ -64,7 +66,8 @@ async def main(args: argparse.Namespace) -> None:
                 async with answerer.kb.db.session() as s:
                     row = await s.scalar(select(Answer).where(Answer.id == result.answer_id))
                 assert row is not None
-                n = len(tokenizer(result.answer, add_special_tokens=False)["input_ids"])
+                # The model's own draft (the check may show a cited quote instead): what it generated.
+                n = len(tokenizer(result.generated or result.answer, add_special_tokens=False)["input_ids"])
                 inputs = tokenizer.apply_chat_template(
                     row.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
                 )

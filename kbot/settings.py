@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         "rejected one is replaced by a cited quote (or by 'the documents do not say'). off: the model's "
         "text is shown as written (the check still runs and is logged); for evaluating the raw model only.",
     )
+    model_languages: str = Field(
+        default="auto",
+        description="Languages the chat model writes, comma-separated (en, zh-Hant, zh-Hans, ja, ko), or "
+        "'all'. A question in another language gets the documents' own sentences, cited, without asking the "
+        "model. auto: en for the bundled SmolLM2-135M (its Chinese fails the check), all for other models.",
+    )
     answer_sources: int = Field(default=4, ge=1, le=20, description="Passages given to the model per answer.")
     min_relevance: float = Field(
         default=0.3,
@@ -284,6 +290,18 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
+        return value
+
+    @field_validator("model_languages")
+    @classmethod
+    def _check_languages(cls, value: str) -> str:
+        if value in ("auto", "all"):
+            return value
+        unknown = {v.strip() for v in value.split(",")} - {"en", "zh-Hant", "zh-Hans", "ja", "ko"}
+        if unknown:
+            raise ValueError(
+                f"{sorted(unknown)} not understood: use 'auto', 'all' or some of en, zh-Hant, zh-Hans, ja, ko"
+            )
         return value
 
     @field_validator("qdrant_collection")

@@ -102,7 +102,7 @@ class KnowledgeBase:
         if mode != "sparse":
             dense_query = (await asyncio.to_thread(self.embedder.embed, [text]))[0].tolist()
         coverage = self.embedder.coverage(text) if dense_query and sparse_query else 1.0
-        return await self.store.search(
+        hits = await self.store.search(
             SearchQuery(
                 collections=list(collections),
                 groups=groups,
@@ -116,6 +116,8 @@ class KnowledgeBase:
                 dense_weight=coverage if coverage >= MIN_DENSE_COVERAGE else DENSE_FILL_WEIGHT,
             )
         )
+        # Fused scores tie often; the same question must see its passages in the same order.
+        return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
     async def warm_up(self) -> None:
         """Load the embedding model and its tokenizer now rather than inside the first search."""
