@@ -479,3 +479,43 @@ def test_a_doomed_draft_is_known_before_it_ends() -> None:
     # The last sentence may still be growing: nothing is judged before it ends.
     assert test("You get 16") is None
     assert doomed("婚假可以請幾天？", ZH)("You can take eight days of marriage leave. It") is not None
+
+
+def test_a_heading_that_shares_a_common_word_does_not_name_the_topic() -> None:
+    # The passages a search for "paid sick leave" returns on the dev set, which has no sick leave.
+    claims = hit(
+        1,
+        "Reimbursement",
+        "Approved claims are paid back within 10 working days, together with the next salary run.",
+        "Expense claims",
+        "expense-claims.md",
+    )
+    leaving = hit(
+        2,
+        "Leaving the company",
+        "When you leave the company, return all equipment to the IT desk "
+        "within 5 working days of your last day. Equipment that is not returned is charged at its "
+        "remaining value.",
+        "Laptops and equipment",
+        "equipment.md",
+    )
+    remote = hit(
+        3,
+        "Remote work",
+        "Employees may work from home up to 3 days per week once their probation "
+        "period has ended. Team days in the office are Tuesday and Thursday.",
+        "Remote work",
+        "remote.md",
+    )
+    submit = hit(
+        4,
+        "Submitting a claim",
+        "Submit each expense claim with its receipts in the expense tool "
+        "within 60 days of the purchase. Claims older than 90 days are rejected.",
+        "Expense claims",
+        "expense-claims.md",
+    )
+    sources = [claims, leaving, remote, submit]
+    assert extractive_answer("How many days of paid sick leave do I get?", sources, lang="en") is None
+    found = extractive_answer("How many days do I have to return equipment when I leave?", sources, lang="en")
+    assert found is not None and "5 working days" in found.text
