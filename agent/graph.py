@@ -27,7 +27,7 @@ from langgraph.runtime import Runtime
 from agent.backends import AdapterRef, Message, ModelBackend
 from agent.citations import Citation, build_citations, cited_numbers
 from agent.extractive import extractive_answer
-from agent.grounding import Verdict, accepts, check, degenerate, doomed, language
+from agent.grounding import Verdict, accepts, check, doomed, language
 from agent.prompts import build_messages
 from knowledge.base import MIN_DENSE_COVERAGE, KnowledgeBase
 from knowledge.sparse import keywords
@@ -145,8 +145,8 @@ async def judge(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str
 
 
 async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
-    """Draft the answer. Held back (strict grounding) until :func:`ground` has checked it; a draft
-    that starts looping, or (strict) already holds what the check rejects, is cut there."""
+    """Draft the answer. Strict grounding: held back until :func:`ground` has checked it, and cut
+    as soon as it holds what the check rejects. Off: the raw model, streamed and never cut."""
     ctx = runtime.context
     asked = language(state["question"])
     if ctx.grounding == "strict" and not _writes(ctx.languages, asked):
@@ -157,12 +157,7 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     messages = build_messages(ctx.system_prompt, history, sources, state["question"])
     write = get_stream_writer()
     visible = ctx.grounding == "off"
-    # Strict: stop at the first sign the check will reject the draft. Off: only at a loop.
-    hopeless = (
-        (lambda text: degenerate(text, final=False, prompt=ctx.system_prompt))
-        if visible
-        else doomed(state["question"], sources, prompt=ctx.system_prompt)
-    )
+    hopeless = doomed(state["question"], sources, prompt=ctx.system_prompt)
     parts: list[str] = []
     started = time.perf_counter()
     stream = ctx.backend.stream(messages, adapter=ctx.adapter, max_new_tokens=ctx.max_new_tokens)
@@ -171,7 +166,7 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
         if visible:
             write({"token": text})
         # A sentence or line just ended: the only point where the tests can see something new.
-        if _ENDS.search(text) and (why := hopeless("".join(parts))):
+        if not visible and _ENDS.search(text) and (why := hopeless("".join(parts))):
             log.debug("draft stopped early: %s", why)
             break
     await _close(stream)
