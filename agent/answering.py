@@ -236,7 +236,8 @@ class Answerer:
         queue.put_nowait(None)
 
     async def _log(self, question: Question, state: AnswerState, result: AnswerResult) -> None:
-        used = {h["chunk_id"] for h in state.get("sources") or []} if result.status == "ok" else set()
+        # Given to the model or to the extractive answer (also when the check then found nothing).
+        used = {h["chunk_id"] for h in state.get("sources") or []}
         try:
             await record_answer(
                 self.kb.db,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,9 +87,11 @@ def extractive_answer(question: str, sources: Sequence[Hit], *, lang: str) -> Ex
     if not wanted or not candidates:
         return None
     df = Counter(t for c in candidates for t in c.tokens | c.context)
-    # A question word no passage has weighs like the rarest word that one has: it may be a
-    # paraphrase ("stolen laptop" for "stolen device"), not the missing topic.
-    weight = {t: math.log(1 + (len(candidates) + 1) / (max(1, df[t]) + 0.5)) for t in wanted}
+    weight = {t: math.log(1 + (len(candidates) + 1) / (df[t] + 0.5)) for t in wanted if df[t]}
+    # A question word no passage has weighs like a typical one that they have: it may be a
+    # paraphrase ("daily meal limit" for "meals up to 60 EUR per day"), or the missing topic.
+    typical = statistics.median(weight.values()) if weight else 1.0
+    weight |= {t: typical for t in wanted if not df[t]}
     total = sum(weight.values())
 
     def coverage(chosen: Sequence[_Candidate]) -> float:

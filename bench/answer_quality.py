@@ -76,7 +76,6 @@ from sqlalchemy import select
 from agent.answering import Answerer, AnswerResult, Question
 from agent.grounding import accepts, degenerate, language
 from agent.numbers import quantities
-from agent.prompts import quote
 from kbot.db.models import Answer
 from kbot.settings import Settings
 from knowledge.vectorstore import Hit
@@ -165,28 +164,30 @@ async def answer(answerer: Answerer, q: DevQuestion, mode: str, hits: list[Hit])
             first = time.perf_counter() - started
     total = time.perf_counter() - started
     assert result is not None
-    prompt = await logged_prompt(answerer, result)
-    return Run(q, mode, result, given_passages(prompt, hits), prompt, first or total, total)
+    prompt, used = await logged(answerer, result)
+    return Run(q, mode, result, given_passages(used, hits), prompt, first or total, total)
 
 
-async def logged_prompt(answerer: Answerer, result: AnswerResult) -> str:
-    """The last user message of the model's prompt, as the answer log recorded it."""
+async def logged(answerer: Answerer, result: AnswerResult) -> tuple[str, list[str]]:
+    """The last user message of the model's prompt ("" when no model was asked) and the chunk ids
+    of the passages the answer was given (to the model, or to the extractive answer without it),
+    as the answer log recorded them."""
     async with answerer.kb.db.session() as s:
         row = await s.scalar(select(Answer).where(Answer.id == result.answer_id))
-    return str(row.messages[-1]["content"]) if row is not None and row.messages else ""
+    if row is None:
+        return "", []
+    prompt = str(row.messages[-1]["content"]) if row.messages else ""
+    return prompt, [str(r["chunk_id"]) for r in row.retrieved if r.get("used")]
 
 
-def given_passages(prompt: str, hits: list[Hit]) -> list[Hit]:
-    """The passages ``prompt`` lists, in its order, found among ``hits``: all the collection's
-    chunks (the graph's own search cannot be repeated exactly: tied passages change places)."""
-    if not prompt:
-        return []  # nothing relevant: no model was called
-    listed = len(re.findall(r"^\[\d+\] ", prompt.split("\n\nQuestion: ", maxsplit=1)[0], re.M))
-    at = {h.chunk_id: prompt.find(f'{quote(h.title)}: "{quote(h.text)}"') for h in hits}
-    given = sorted((h for h in hits if at[h.chunk_id] >= 0), key=lambda h: at[h.chunk_id])
-    if len(given) != listed:
-        print(f"warning: {listed} passages in the prompt, {len(given)} found again", file=sys.stderr)
-    return given
+def given_passages(used: list[str], hits: list[Hit]) -> list[Hit]:
+    """The passages the answer was given, in their order, found among ``hits``: all the
+    collection's chunks (the graph's own search cannot be repeated exactly: tied passages)."""
+    by_id = {h.chunk_id: h for h in hits}
+    missing = [c for c in used if c not in by_id]
+    if missing:
+        print(f"warning: {len(missing)} passages of the answer not found again", file=sys.stderr)
+    return [by_id[c] for c in used if c in by_id]
 
 
 def copy_documents(target: Path) -> Path:

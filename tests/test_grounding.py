@@ -387,6 +387,7 @@ def test_extractive_answer_is_none_when_nothing_answers() -> None:
         ("How many days of annual leave do I get?", "20 days"),
         ("婚假可以請幾天？", "婚假八天"),
         ("How long is parental leave?", "16 weeks"),
+        ("What is the daily meal limit when travelling?", "60 EUR"),  # "limit" is in no passage
     ],
 )
 def test_handbook_questions_behave(question: str, fact: str) -> None:
