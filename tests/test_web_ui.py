@@ -196,6 +196,8 @@ def test_the_readme_questions_are_answered_right_in_the_browser(server: dict[str
             assert paths == [] and bubble.get_attribute("data-status") == "not_found"
         else:
             assert paths and paths[0].endswith(cited), paths
+        assert "*" not in final  # "According to *Leave policy*": the title in italics, not asterisks
+    assert page.locator(".msg.answer .text em").first.inner_text() == "Leave policy"
     assert "根據《員工請假規定》" in page.locator(".msg.answer").last.inner_text()
     _shot(page, "readme-questions")
     page.close()

@@ -37,10 +37,13 @@ function el(tag, attrs = {}, ...children) {
 function renderText(target, text, answerId, cited) {
   target.replaceChildren();
   let last = 0;
-  for (const match of text.matchAll(/\[(\d{1,2})\]/g)) {
+  // [n] markers, and *emphasis* (the cited answer names its document so: According to *Title* [1]).
+  for (const match of text.matchAll(/\[(\d{1,2})\]|\*([^*\n]+)\*/g)) {
     target.append(text.slice(last, match.index));
     const n = Number(match[1]);
-    if (cited.has(n)) {
+    if (match[2] !== undefined) {
+      target.append(el("em", {}, match[2]));
+    } else if (cited.has(n)) {
       target.append(el("sup", {}, el("a", { href: `#src-${answerId}-${n}` }, `[${n}]`)));
     } else {
       target.append(match[0]);
