@@ -157,7 +157,7 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     messages = build_messages(ctx.system_prompt, history, sources, state["question"])
     write = get_stream_writer()
     visible = ctx.grounding == "off"
-    hopeless = doomed(state["question"], sources, prompt=ctx.system_prompt)
+    hopeless = None if visible else doomed(state["question"], sources, prompt=ctx.system_prompt)
     parts: list[str] = []
     started = time.perf_counter()
     stream = ctx.backend.stream(messages, adapter=ctx.adapter, max_new_tokens=ctx.max_new_tokens)
@@ -166,7 +166,7 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
         if visible:
             write({"token": text})
         # A sentence or line just ended: the only point where the tests can see something new.
-        if not visible and _ENDS.search(text) and (why := hopeless("".join(parts))):
+        if hopeless and _ENDS.search(text) and (why := hopeless("".join(parts))):
             log.debug("draft stopped early: %s", why)
             break
     await _close(stream)
@@ -242,8 +242,9 @@ async def finalize(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     sources = [Hit(**h) for h in state.get("sources") or []]
     return {
         "history": [Turn(question=state["question"], answer=state["answer"])],
-        # The model saw these sources (``messages`` is this turn's prompt), whatever was shown.
-        "restricted": bool(state.get("messages")) and any(h.restricted for h in sources),
+        # The sources of this turn reached the model, or the shown answer quotes them (the
+        # extractive answer, also when the model was not asked), or both.
+        "restricted": any(h.restricted for h in sources),
     }
 
 

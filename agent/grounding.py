@@ -274,11 +274,13 @@ def check(
     # True but beside the point (the annual-leave rule quoted for a question on marriage leave):
     # the answer must rest on a passage that matches the question about as well as the best.
     fits = [_share(content_tokens(topic) if topic else wanted, p.tokens) for p in passages]
-    # (The share is meaningless across languages: an English question on a Chinese passage.)
-    floor = [
-        TOPIC_MIN if accepts(asked, language(passages[n - 1].text)) else 0.0 for n in range(1, len(fits) + 1)
-    ]
-    if supporting and all(fits[n - 1] < max(max(fits) - NEAR_BEST, floor[n - 1]) for n in supporting):
+
+    def beside(n: int) -> bool:
+        # The floor is meaningless across languages: an English question on a Chinese passage.
+        floor = TOPIC_MIN if accepts(asked, language(passages[n - 1].text)) else 0.0
+        return fits[n - 1] < max(max(fits) - NEAR_BEST, floor)
+
+    if supporting and all(beside(n) for n in supporting):
         reasons.append("off topic: its passages are not the ones that match the question")
     # "When must I return my laptop?" answered with no time at all, though its passage has one.
     wants_number = supporting and ASKS_NUMBER.search(question) and not quantities(text)

@@ -282,6 +282,25 @@ async def test_restricted_text_in_a_thread_marks_its_later_answers_too(
         await backend.close()
 
 
+async def test_a_quote_of_restricted_text_marks_the_answer_though_no_model_saw_it(
+    settings: Settings, handbook_kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    (tmp_path / "hr-only").mkdir()
+    (tmp_path / "hr-only" / "薪資級距.md").write_text(
+        "# 薪資級距\n\n## 二級工程師\n\n二級工程師年薪為七十萬元至八十五萬元。\n"
+    )
+    await handbook_kb.ingest([str(tmp_path / "hr-only")], "hr", acl=["hr"])
+    english_only = settings.model_copy(update={"model_languages": "en"})
+    async with fake_openai_server() as fake:
+        backend = OpenAIBackend(fake.url, model="served-base")
+        a = await Answerer.open(english_only, kb=handbook_kb, backend=backend)
+        result = await a.ask(Question("二級工程師年薪多少？", ["hr"], groups=["hr"], thread="t-zh"))
+        assert result.generated is None and "七十萬元" in result.answer  # quoted, the model not asked
+        assert (await logged(a, result.answer_id)).restricted is True
+        await a.close()
+        await backend.close()
+
+
 async def test_openai_backend_reports_http_errors() -> None:
     async with fake_openai_server() as fake:
         backend = OpenAIBackend(fake.url, model="not-served")
