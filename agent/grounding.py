@@ -37,7 +37,7 @@ from knowledge.vectorstore import Hit
 
 __all__ = [
     "ASKS_NUMBER", "MARKER_MIN", "MIN_CLAIM_TOKENS", "NEAR_BEST", "SUPPORT_MIN", "Sentence", "Verdict",
-    "accepts", "check", "content_tokens", "degenerate", "doomed", "language", "sentences",
+    "accepts", "check", "content_tokens", "degenerate", "doomed", "language", "sentences", "unquoted",
 ]  # fmt: skip
 
 # Tuned on bench/devset (bench/devset_check.py): the good answers' sentences share 0.4-1.0 of
@@ -238,7 +238,7 @@ def doomed(question: str, sources: Sequence[Hit], *, prompt: str = "") -> Callab
         for sentence in finished:
             if found := _judge(sentence, passages, wanted)[0]:
                 return found[0]
-        said = _unquoted(" ".join(s.text for s in finished), passages)
+        said = unquoted(" ".join(s.text for s in finished), (p.text for p in passages))
         if len(said) >= 24 and not accepts(asked, answered := language(said)):
             return f"wrong language: asked in {asked}, answered in {answered}"
         return None
@@ -259,7 +259,7 @@ def check(
     if bad := degenerate(text, prompt=prompt):
         reasons.append(bad)
     passages = [_Passage(hit) for hit in sources]
-    asked, answered = language(question), language(_unquoted(text, passages))
+    asked, answered = language(question), language(unquoted(text, (p.text for p in passages)))
     if not accepts(asked, answered):
         reasons.append(f"wrong language: asked in {asked}, answered in {answered}")
     wanted = content_tokens(question)
@@ -343,12 +343,13 @@ def _judge(s: Sentence, passages: list[_Passage], wanted: set[str]) -> tuple[lis
     return [*reasons, *(f"unsupported number: {q}" for q in lacking[n])], [n]
 
 
-def _unquoted(text: str, passages: list[_Passage]) -> str:
-    """``text`` without the spans it quotes from a passage or a passage's title."""
+def unquoted(text: str, passages: Iterable[str]) -> str:
+    """``text`` without the spans it quotes (``"…"``, ``「…」``, ``《…》``, ``*…*``) from ``passages``."""
+    given = [" ".join(p.split()) for p in passages]
 
     def drop(match: re.Match[str]) -> str:
         inner = " ".join(next(g for g in match.groups() if g).split()).rstrip(".。")
-        return " " if any(inner in " ".join(p.text.split()) for p in passages) else match.group(0)
+        return " " if any(inner in p for p in given) else match.group(0)
 
     return _QUOTED.sub(drop, text)
 

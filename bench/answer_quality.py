@@ -70,12 +70,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devset_check import DEVSET, DevQuestion, load_questions
+from devset_check import DEVSET, DevQuestion, load_questions, unsupported
 from sqlalchemy import select
 
 from agent.answering import Answerer, AnswerResult, Question
-from agent.grounding import accepts, degenerate, language
-from agent.numbers import quantities
+from agent.grounding import accepts, degenerate, language, unquoted
 from kbot.db.models import Answer
 from kbot.settings import Settings
 from knowledge.vectorstore import Hit
@@ -85,8 +84,6 @@ MODES = ("strict", "off")
 GROUPS = ("en", "zh")
 # A citation marker, "[1]" or "[1, 2]": not a number the answer states.
 _MARKERS = re.compile(r"\[\d{1,2}(?:\s*[,，]\s*\d{1,2})*\]")
-# Quoted spans, as agent.grounding reads them.
-_QUOTED = re.compile(r"\"([^\"\n]+)\"|“([^”\n]+)”|「([^」\n]+)」|『([^』\n]+)』|《([^》\n]+)》|\*([^*\n]+)\*")
 
 
 @dataclass(frozen=True)
@@ -118,8 +115,7 @@ class Run:
         """Quantities of the shown answer that no passage given to the model states."""
         if self.result.status != "ok":
             return []
-        known = [x for h in self.passages for x in quantities(f"{h.title}\n{h.heading}\n{h.text}")]
-        return [str(q) for q in quantities(self.own_text) if not any(q.matches(k) for k in known)]
+        return [str(q) for q in unsupported(self.own_text, self.passages)]
 
     def degenerate(self, prompt: str) -> str | None:
         if self.result.status == "ok" and not self.result.answer.strip():
@@ -133,13 +129,7 @@ class Run:
     @property
     def unquoted(self) -> str:
         """The answer's own text less the spans it quotes from a passage or a passage's title."""
-        given = [" ".join(f"{h.title}\n{h.heading}\n{h.text}".split()) for h in self.passages]
-
-        def drop(match: re.Match[str]) -> str:
-            inner = " ".join(next(g for g in match.groups() if g).split()).rstrip(".。")
-            return " " if any(inner in text for text in given) else match.group(0)
-
-        return _QUOTED.sub(drop, self.own_text)
+        return unquoted(self.own_text, (f"{h.title}\n{h.heading}\n{h.text}" for h in self.passages))
 
     @property
     def fallback(self) -> str | None:

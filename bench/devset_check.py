@@ -35,6 +35,7 @@ import math
 import re
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.extractive import Extractive, extractive_answer
 from agent.grounding import check, language, sentences
-from agent.numbers import quantities
+from agent.numbers import Quantity, quantities
 from knowledge import sparse
 from knowledge.loaders import is_supported, load_document
 from knowledge.vectorstore import Hit
@@ -113,10 +114,10 @@ def states_fact(q: DevQuestion, text: str) -> bool:
     return bool(q.answer_pattern and re.search(q.answer_pattern, text, re.I))
 
 
-def unsupported_numbers(text: str, hits: list[Hit]) -> int:
-    """Quantities of ``text`` that no passage states."""
+def unsupported(text: str, hits: Sequence[Hit]) -> list[Quantity]:
+    """Quantities of ``text`` (its ``[n]`` markers left out) that no passage states."""
     known = [x for h in hits for x in quantities(f"{h.title}\n{h.heading}\n{h.text}")]
-    return sum(not any(q.matches(k) for k in known) for q in quantities(re.sub(r"\[\d+\]", " ", text)))
+    return [q for q in quantities(re.sub(r"\[\d+\]", " ", text)) if not any(q.matches(k) for k in known)]
 
 
 def shows_distractor(q: DevQuestion, text: str) -> bool:
@@ -174,7 +175,7 @@ def _extractive_figures(f: Figures, q: DevQuestion, hits: list[Hit], found: Extr
     if found is not None:
         f.checked += 1
         f.distractor_shown += shows_distractor(q, found.text)
-        f.unsupported += unsupported_numbers(found.text, hits)
+        f.unsupported += len(unsupported(found.text, hits))
         verdict = check(found.text, q.question, hits)
         if not verdict.passed:
             f.extractive_failing_check.append(f"{q.question}: {verdict.reasons}")
