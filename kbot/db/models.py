@@ -8,7 +8,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -89,6 +99,16 @@ class Adapter(Base):
     """A LoRA adapter version. At most one is active; files live in ``KBOT_DATA_DIR/adapters``."""
 
     __tablename__ = "adapters"
+    # At most one active adapter, whatever code path writes: a partial unique index.
+    __table_args__ = (
+        Index(
+            "uq_adapters_one_active",
+            "active",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
 
     version: Mapped[str] = mapped_column(String(64), primary_key=True)
     base_model: Mapped[str] = mapped_column(String(512))
@@ -99,6 +119,23 @@ class Adapter(Base):
     scores: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AdapterPromotion(Base):
+    """One change of the active adapter: a promotion (pushes ``version``) or a rollback (returns to
+    ``version``, an earlier promoted one; ``None`` is the base model). Replaying the rows in order
+    gives the stack that ``kbot adapters rollback`` walks back through."""
+
+    __tablename__ = "adapter_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    by: Mapped[str] = mapped_column(String(256), default="")  # "nightly run 7", "cli"
+    forced: Mapped[bool] = mapped_column(default=False)  # promoted without a passing evaluation
+    evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the gate's verdict used
 
 
 class Answer(Base):
@@ -219,6 +256,14 @@ class Correction(Base):
     text: Mapped[str] = mapped_column(String)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # Review (KBOT_CORRECTIONS=review): pending → approved (as written, or edited: ``approved_text``)
+    # or rejected. Only approved ones are trained on and answered from (trust: approved on arrival).
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    approved_text: Mapped[str | None] = mapped_column(String, nullable=True)
+    reviewer: Mapped[str] = mapped_column(String(256), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Who may be answered from it once approved: the ACL scope of the answer it corrects.
+    acl: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class TrainingRun(Base):
