@@ -28,6 +28,7 @@ from kbot.db.models import Answer
 from kbot.errors import KbotError, public_reason
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
+from knowledge.verified import VerifiedAnswers
 
 log = logging.getLogger(__name__)
 ERROR_MESSAGE = "Sorry, I could not answer this right now: {reason}"
@@ -59,7 +60,8 @@ class AnswerResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (retrieval, generation)
     # The model's own text before the grounding check (None: no model was called), whether the
     # shown ``answer`` is that text and passed the check, and the check's verdict
-    # ({"mode", "passed", "reasons", "fallback"}; empty when no model was called).
+    # ({"mode", "passed", "reasons", "fallback"}, and "verified": the correction id when a verified
+    # answer was shown; empty when neither a model nor a verified answer was used).
     generated: str | None = None
     grounded: bool = False
     grounding: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +96,8 @@ class Answerer:
         self.kb = kb
         self.backend = backend
         self.adapters = AdapterRegistry(kb.db)
+        # Approved corrections, answered from at once: the review queue calls add()/remove().
+        self.verified = VerifiedAnswers(kb)
         self._graph = build_graph().compile(checkpointer=checkpointer)
         self._exits = exits
 
@@ -122,17 +126,28 @@ class Answerer:
         return await self.backend.first_tokens(text, self.settings.max_question_tokens)
 
     async def ask(
-        self, question: Question, *, adapter: AdapterRef | Literal["active"] | None = "active"
+        self,
+        question: Question,
+        *,
+        adapter: AdapterRef | Literal["active"] | None = "active",
+        grounding: Literal["strict", "off"] | None = None,
     ) -> AnswerResult:
-        async for item in self.stream(question, adapter=adapter):
+        async for item in self.stream(question, adapter=adapter, grounding=grounding):
             if isinstance(item, AnswerResult):
                 return item
         raise AssertionError("stream() always ends with an AnswerResult")
 
     async def stream(
-        self, question: Question, *, adapter: AdapterRef | Literal["active"] | None = "active"
+        self,
+        question: Question,
+        *,
+        adapter: AdapterRef | Literal["active"] | None = "active",
+        grounding: Literal["strict", "off"] | None = None,
     ) -> AsyncIterator[str | AnswerResult]:
-        """Yield the answer's text as it grows, then one :class:`AnswerResult`."""
+        """Yield the answer's text as it grows, then one :class:`AnswerResult`.
+
+        ``grounding`` overrides ``Settings.grounding`` for this answer: the evaluation gate reads
+        the model's own text with ``off``."""
         started = time.perf_counter()
         answer_id = str(uuid.uuid4())
         thread_id = (
@@ -158,9 +173,10 @@ class Answerer:
                 sources=self.settings.answer_sources,
                 min_relevance=self.settings.min_relevance,
                 max_new_tokens=self.settings.max_new_tokens,
-                grounding=self.settings.grounding,
+                grounding=grounding or self.settings.grounding,
                 languages=model_languages(self.settings, self.backend.base_model),
                 shared=question.shared,
+                verified=self.verified,
             )
             config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
             # The checkpoint keeps the thread's last state: this turn's own fields start empty.
@@ -260,6 +276,8 @@ class Answerer:
                             "source": h["source"],
                             # In the prompt, not just found: the export re-checks these ACLs.
                             "used": h["chunk_id"] in used,
+                            # A verified answer is no chunk: its correction and ACL say who may read it.
+                            **({"verified": h["verified"], "acl": list(h["acl"])} if "verified" in h else {}),
                         }
                         for h in state.get("retrieved", [])
                     ],
@@ -309,7 +327,10 @@ def _verdict(state: AnswerState, error: str) -> dict[str, Any]:
         return {}
     return {
         "generated": state.get("generated"),
-        "grounded": bool(grounding["passed"]) and grounding["fallback"] is None,
+        # A verified answer passed the check too, but it is a person's text, not the model's.
+        "grounded": bool(grounding["passed"])
+        and grounding["fallback"] is None
+        and state.get("generated") is not None,
         "grounding": grounding,
     }
 

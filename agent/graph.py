@@ -1,4 +1,4 @@
-"""The answer graph: condense → retrieve → judge → generate → ground → finalize (LangGraph).
+"""The answer graph: condense → verified → retrieve → judge → generate → ground → finalize (LangGraph).
 
 Each node is a small async function of the state and the run's :class:`AnswerContext`. The
 thread's history lives in the state and is persisted per thread by the checkpointer, so a
@@ -7,7 +7,8 @@ follow-up question in the same thread sees the earlier turns.
 Nothing the model writes is shown before :func:`ground` has checked it against its passages
 (:mod:`agent.grounding`): with ``grounding="strict"`` the draft's tokens are held back, and the
 checked text (the draft, a cited extractive answer, or "not found") is streamed once. Only
-``grounding="off"`` streams the model's tokens as they come.
+``grounding="off"`` streams the model's tokens as they come. An approved correction that answers
+the question (:mod:`agent.verified_reply`) goes straight to ``finalize``, without the model.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from agent.citations import Citation, build_citations, cited_numbers
 from agent.extractive import extractive_answer
 from agent.grounding import Verdict, accepts, check, doomed, language
 from agent.prompts import build_messages
+from agent.verified_reply import verified_reply
 from knowledge.base import MIN_DENSE_COVERAGE, KnowledgeBase
 from knowledge.sparse import keywords
 from knowledge.vectorstore import Hit
+from knowledge.verified import VerifiedAnswers
 
 log = logging.getLogger(__name__)
 _ENDS = re.compile(r"[.!?。！？\n]")
@@ -85,6 +88,8 @@ class AnswerState(TypedDict, total=False):
     grounding: dict[str, Any]
     # Why the model was not asked (it does not write the asker's language), or "".
     unwritten: str
+    # The correction id of the verified answer shown this turn, or None (set every turn).
+    verified: int | None
 
 
 @dataclass(kw_only=True)
@@ -101,6 +106,7 @@ class AnswerContext:
     grounding: str = "strict"  # strict | off (Settings.grounding)
     languages: frozenset[str] | None = None  # what the model writes (None: any); Settings.model_languages
     shared: bool = False  # others read the answer: say so when nothing is found
+    verified: VerifiedAnswers | None = None  # approved corrections, answered before retrieval
 
 
 async def condense(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
@@ -112,6 +118,16 @@ async def condense(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     if history:
         query = f"{history[-1]['question']} {query}"
     return {"search_query": query}
+
+
+async def verified(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
+    """An approved correction that answers the question is the answer (agent.verified_reply)."""
+    started = time.perf_counter()
+    update = await verified_reply(state["question"], runtime.context)
+    update["timings"] = {**state.get("timings", {}), "verified": time.perf_counter() - started}
+    if update["verified"] is not None:
+        get_stream_writer()({"token": update["answer"]})
+    return update
 
 
 async def retrieve(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
@@ -248,6 +264,10 @@ async def finalize(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     }
 
 
+def _after_verified(state: AnswerState) -> str:
+    return "retrieve" if state.get("verified") is None else "finalize"
+
+
 def _route(state: AnswerState) -> str:
     return "generate" if state["status"] == "ok" else "not_found"
 
@@ -255,6 +275,7 @@ def _route(state: AnswerState) -> str:
 def build_graph() -> StateGraph[AnswerState, AnswerContext, AnswerState, AnswerState]:
     graph = StateGraph(AnswerState, context_schema=AnswerContext)
     graph.add_node("condense", condense)
+    graph.add_node("verified_reply", verified)
     graph.add_node("retrieve", retrieve)
     graph.add_node("judge", judge)
     graph.add_node("generate", generate)
@@ -262,7 +283,8 @@ def build_graph() -> StateGraph[AnswerState, AnswerContext, AnswerState, AnswerS
     graph.add_node("not_found", not_found)
     graph.add_node("finalize", finalize)
     graph.add_edge(START, "condense")
-    graph.add_edge("condense", "retrieve")
+    graph.add_edge("condense", "verified_reply")
+    graph.add_conditional_edges("verified_reply", _after_verified, ["retrieve", "finalize"])
     graph.add_edge("retrieve", "judge")
     graph.add_conditional_edges("judge", _route, ["generate", "not_found"])
     graph.add_edge("generate", "ground")

@@ -25,6 +25,7 @@ from bot.access import Access
 from bot.ledger import ChatLedger
 from bot.limits import FairTurns, clean_text, tokens_cut
 from bot.spool import FeedbackSpool
+from finetune.review import Review
 from finetune.votes import VoteLog
 from kbot.errors import KbotError, StoreError, public_reason
 from kbot.locks import PerKey, TaskLock
@@ -113,6 +114,7 @@ class ChatService:
     # Where feedback waits while the SQL store is down; None: such feedback fails instead.
     spool: FeedbackSpool | None = None
     access: Access = field(init=False)
+    review: Review = field(init=False)  # corrections: reviewed, or approved on arrival (trust)
     # How questions and feedback ended, by outcome: the server's counters (and what tests wait on).
     stats: Counter[str] = field(init=False, default_factory=Counter)
     # Per platform: more ids of a user that need a lookup (Slack user groups), done only for
@@ -126,6 +128,7 @@ class ChatService:
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings)
+        self.review = Review(self.answerer.kb.db, self.answerer.verified, self.settings.corrections)
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_answers)
         self._turns = FairTurns(max(1, self.settings.max_concurrent_answers // 2))
 
@@ -373,9 +376,10 @@ class ChatService:
                 answer_id=answer_id, voter=event.user, value=event.value or None, origin=event.origin, at=at
             )
         else:
-            await self.votes.correct(
+            written = await self.votes.correct(
                 answer_id=answer_id, platform=event.platform, author=event.user, text=event.text, at=at
             )
+            await self.review.arrived(written)
         return answer_id
 
     async def housekeeping(self) -> None:

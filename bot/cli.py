@@ -16,7 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from bot import doctor, learning_cli
+from bot import db_cli, doctor, golden_cli, learning_cli
 from kbot.errors import ConfigError, KbotError
 from kbot.logs import configure, use_format
 from kbot.settings import Settings, load_settings
@@ -72,8 +72,8 @@ def _root(
             "--verbose",
             "-v",
             count=True,
-            help="More log output: -v progress, -vv debug, -vvv debug with SQL values and Slack "
-            "message bodies (what people wrote).",
+            help="More log output: -v progress, -vv debug, -vvv debug "
+            "with SQL values and Slack message bodies (what people wrote).",
         ),
     ] = 0,
 ) -> None:
@@ -360,31 +360,17 @@ def serve(
     )
 
 
-db_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(learning_cli.feedback_app, name="feedback")
-app.add_typer(learning_cli.train_app, name="train")
-app.add_typer(learning_cli.adapters_app, name="adapters")
+for name, sub_app in (
+    ("db", db_cli.db_app),
+    ("feedback", learning_cli.feedback_app),
+    ("train", learning_cli.train_app),
+    ("adapters", learning_cli.adapters_app),
+    ("golden", golden_cli.golden_app),
+):
+    app.add_typer(sub_app, name=name)
 app.command("eval")(learning_cli.eval_command)
 app.command("nightly")(learning_cli.nightly_command)
 app.command("doctor")(doctor.command)
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Create or migrate the SQL store's tables to the newest version (kbot also does this on start)."""
-    from kbot.db import Database
-
-    async def go() -> None:
-        settings = _settings()
-        db = Database(settings.sql_url)
-        try:
-            await db.migrate()
-        finally:
-            await db.close()
-        typer.echo(f"SQL store is up to date: {db.display_url}")
-
-    _run(go)
 
 
 def main() -> None:

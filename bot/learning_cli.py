@@ -1,6 +1,8 @@
 """The learning loop's commands: ``kbot feedback export``, ``kbot train``, ``kbot adapters``.
 
 Kept apart from ``cli.py`` so that module stays small; ``cli.py`` mounts these sub-apps.
+``kbot adapters`` lives in ``adapters_cli.py``; :data:`adapters_app` is re-exported here.
+``kbot train`` lives in ``train_cli.py``; :data:`train_app` is re-exported here.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Annotated, Any
 
 import typer
 
+from bot import adapters_cli, train_cli
 from kbot.errors import ConfigError
 from kbot.settings import Settings
 
 feedback_app = typer.Typer(help="Votes and corrections people gave kbot's answers.", no_args_is_help=True)
-train_app = typer.Typer(help="Train a new LoRA adapter (registered, not active).", no_args_is_help=True)
-adapters_app = typer.Typer(help="LoRA adapter versions: list, promote, roll back.", no_args_is_help=True)
+train_app = train_cli.train_app  # cli.py mounts it from here
+adapters_app = adapters_cli.adapters_app  # cli.py mounts it from here
 
 
 def _settings() -> Settings:
@@ -65,6 +68,7 @@ def export(
         max_votes_per_user=max_votes_per_user,
         similarity=similarity,
         train_on_anonymous=settings.train_on_anonymous,
+        system_prompt=settings.system_prompt,
     )
 
     async def go() -> Any:
@@ -86,163 +90,6 @@ def export(
     typer.echo(result.summary(), err=True)
 
 
-def _train(kind: str, file: Path, steps: int | None, start: str, version: str | None, gpu: bool) -> None:
-    from agent.adapters import AdapterRegistry
-    from agent.base_model import resolve_base_model
-    from finetune.train import TrainConfig, train_dpo, train_sft
-    from kbot.db import Database
-
-    if start not in ("active", "base"):
-        raise ConfigError("--from must be active or base.")
-    try:
-        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"Cannot read {file} as JSON lines: {exc}") from exc
-    settings = _settings()
-    overrides: dict[str, Any] = {"steps": steps} if steps else {}
-    config = TrainConfig.gpu(**overrides) if gpu else TrainConfig(**overrides)
-    version = version or f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-
-    async def go() -> None:
-        db = Database(settings.sql_url)
-        try:
-            await db.migrate()
-            registry = AdapterRegistry(db)
-            active = await registry.active() if start == "active" else None
-            base = resolve_base_model(settings.base_model, settings.model_cache_dir)
-            out = settings.data_dir / "adapters" / version
-            train = train_dpo if kind == "dpo" else train_sft
-            result = await asyncio.to_thread(
-                train,
-                rows,
-                base_model=base,
-                out=out,
-                config=config,
-                init_adapter=active.path if active else None,
-            )
-            await registry.register(
-                version,
-                base_model=settings.base_model,
-                path=result.path,
-                training={
-                    "kind": kind,
-                    "rows": len(rows),
-                    "file": str(file),
-                    "from": active.version if active else None,
-                    "steps": result.steps,
-                    "seconds": round(result.seconds, 1),
-                    "final_loss": result.losses[-1] if result.losses else None,
-                    "losses": result.losses,  # the dashboard's loss curve
-                    "config": result.config,
-                },
-            )
-            typer.echo(
-                f"Trained {version} ({kind}, {len(rows)} rows, {result.steps} steps, {result.seconds:.0f} s, "
-                f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}); registered, not active. "
-                f"Promote with: kbot adapters promote {version}"
-            )
-        finally:
-            await db.close()
-
-    asyncio.run(go())
-
-
-_STEPS = typer.Option(help="Optimizer steps (default: 30 on CPU, 300 with --gpu).")
-_FROM = typer.Option("--from", help="active: continue from the active adapter; base: a new LoRA.")
-_VERSION = typer.Option(help="Version name (default: KIND-TIMESTAMP).")
-_GPU = typer.Option(help="GPU defaults: bf16, bigger batches, more steps.")
-
-
-@train_app.command("dpo")
-def train_dpo_command(
-    file: Annotated[Path, typer.Argument(help="JSONL of {prompt, chosen, rejected} (kbot feedback export).")],
-    steps: Annotated[int | None, _STEPS] = None,
-    start: Annotated[str, _FROM] = "active",
-    version: Annotated[str | None, _VERSION] = None,
-    gpu: Annotated[bool, _GPU] = False,
-) -> None:
-    """DPO-train a LoRA adapter on preference pairs.
-
-    Example:  kbot feedback export --format dpo --out pairs.jsonl && kbot train dpo pairs.jsonl
-    """
-    _train("dpo", file, steps, start, version, gpu)
-
-
-@train_app.command("sft")
-def train_sft_command(
-    file: Annotated[
-        Path,
-        typer.Argument(help='JSONL of {"messages": [...]} (OpenAI chat format), hand-written or exported.'),
-    ],
-    steps: Annotated[int | None, _STEPS] = None,
-    start: Annotated[str, _FROM] = "active",
-    version: Annotated[str | None, _VERSION] = None,
-    gpu: Annotated[bool, _GPU] = False,
-) -> None:
-    """Fine-tune a LoRA adapter on chat transcripts (curated Q&A, corrections).
-
-    Example:  kbot train sft curated-qa.jsonl --from base
-    """
-    _train("sft", file, steps, start, version, gpu)
-
-
-def _registry_call(action: str, version: str | None = None) -> Any:
-    from agent.adapters import AdapterRegistry
-    from kbot.db import Database
-
-    settings = _settings()
-
-    async def go() -> Any:
-        db = Database(settings.sql_url)
-        try:
-            await db.migrate()
-            registry = AdapterRegistry(db)
-            if action == "list":
-                return await registry.list()
-            if action == "promote":
-                await registry.activate(version)
-                return version
-            previous = await registry.previous()
-            await registry.activate(previous.version if previous else None)
-            return previous.version if previous else None
-        finally:
-            await db.close()
-
-    return asyncio.run(go())
-
-
-@adapters_app.command("list")
-def adapters_list() -> None:
-    """Adapter versions, oldest first; * marks the active one."""
-    rows = _registry_call("list")
-    if not rows:
-        typer.echo("No adapters yet: the base model answers. Train one with: kbot train dpo FILE")
-        return
-    for a in rows:
-        loss = a.training.get("final_loss")
-        scores = ", ".join(f"{k}={v}" for k, v in sorted(a.scores.items()) if isinstance(v, int | float))
-        typer.echo(
-            f"{'*' if a.active else ' '} {a.version}  {a.training.get('kind', '?')}  "
-            f"loss={loss if loss is not None else '-'}  {scores}"
-        )
-
-
-@adapters_app.command("promote")
-def adapters_promote(version: Annotated[str, typer.Argument(help="The version to make active.")]) -> None:
-    """Make VERSION the active adapter. Running servers answer with it from their next answer on."""
-    _registry_call("promote", version)
-    typer.echo(f"{version} is now active.")
-
-
-@adapters_app.command("rollback")
-def adapters_rollback() -> None:
-    """Reactivate the adapter that was active before the current one (or the base model)."""
-    version = _registry_call("rollback")
-    typer.echo(
-        f"{version} is active again." if version else "No earlier adapter: the base model answers now."
-    )
-
-
 def _open_answerer(settings: Settings) -> Any:
     from agent.answering import Answerer
 
@@ -258,6 +105,9 @@ def eval_command(
     report: Annotated[Path | None, typer.Option(help="Write the report here (.md, .html or .json).")] = None,
 ) -> None:
     """Compare an adapter with the active one (or another) on a golden set; exit 1 if it would be refused.
+
+    The verdict is recorded with the adapter: `kbot adapters promote` accepts it while the version
+    it was compared with is still the active one.
 
     Example:  kbot eval dpo-20261122-020000 --golden golden.jsonl --report eval.md
     """
@@ -290,7 +140,7 @@ def eval_command(
                 raise ConfigError(f"No adapter {against!r} to compare with.")
             base = resolve_base_model(settings.base_model, settings.model_cache_dir)
             name = other.version if other else "base"
-            return await evaluate(
+            result = await evaluate(
                 answerer,
                 (adapter, known[adapter].ref),
                 (name, other.ref if other else None),
@@ -298,6 +148,15 @@ def eval_command(
                 pairs,
                 base_model=base,
             )
+            # The promotion gate reads this verdict (agent/adapters.py documents its shape).
+            await registry.record_evaluation(
+                adapter,
+                against=name,
+                passed=result.passed,
+                reasons=result.reasons,
+                by=adapters_cli.operator("kbot eval"),
+            )
+            return result
         finally:
             await answerer.close()
 
@@ -320,23 +179,39 @@ def eval_command(
 
 def nightly_command(
     golden: Annotated[
-        Path | None, typer.Option(help="Golden JSONL the candidate must not regress on.")
+        Path | None,
+        typer.Option(
+            help="Golden JSONL the candidate must beat the active adapter on (default: "
+            "KBOT_DATA_DIR/golden.jsonl; without one nothing is promoted)."
+        ),
     ] = None,
     min_pairs: Annotated[
-        int, typer.Option(help="Skip the run with fewer new preference pairs than this.")
+        int, typer.Option(help="New pairs needed for DPO, or unpaired votes for KTO; fewer of both: skip.")
     ] = 20,
     since_days: Annotated[
-        int | None, typer.Option(help="Only feedback of the last N days (default: all).")
+        int | None,
+        typer.Option(help="Only feedback of the last N days (default: all since the last promoted run)."),
     ] = None,
     steps: Annotated[
         int | None, typer.Option(help="Training steps (default: 30 on CPU, 300 with --gpu).")
     ] = None,
     gpu: Annotated[bool, typer.Option(help="GPU training defaults.")] = False,
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from", help="active: continue the active adapter; base: a new LoRA on the base model."
+        ),
+    ] = "active",
 ) -> None:
-    """Export → train (SFT on corrections, then DPO) → evaluate → promote or keep; recorded in the SQL store.
+    """Export → plan (SFT on approved corrections, then DPO or KTO) → train → gate → promote or keep.
 
-    Run it from cron (`0 2 * * * cd /srv/kbot && kbot nightly --golden golden.jsonl`), a Kubernetes
-    CronJob, or inside the server with `kbot serve --nightly 02:00`. Two runs never overlap.
+    Trains on feedback new since the last promoted run plus a replay sample of older rows, and
+    promotes the candidate only if it beats the active adapter on the golden facts and regresses
+    nowhere. Every run is recorded in the SQL store, with its plan and why (kbot adapters history).
+    Make a golden set with `kbot golden add` or `kbot golden from-corrections`.
+
+    Run it from cron (`0 2 * * * cd /srv/kbot && kbot nightly`), a Kubernetes CronJob, or inside
+    the server with `kbot serve --nightly 02:00`. Two runs never overlap.
     """
     from datetime import timedelta
 
@@ -344,6 +219,8 @@ def nightly_command(
     from finetune.train import TrainConfig
     from knowledge.embeddings import SentenceTransformerEmbedder
 
+    if start not in ("active", "base"):
+        raise ConfigError("--from must be active or base.")
     settings = _settings()
     overrides: dict[str, Any] = {"steps": steps} if steps else {}
     config = NightlyConfig(
@@ -351,6 +228,7 @@ def nightly_command(
         golden=golden,
         since=datetime.now(UTC) - timedelta(days=since_days) if since_days else None,
         train=TrainConfig.gpu(**overrides) if gpu else TrainConfig(**overrides),
+        from_active=start == "active",
     )
 
     async def go() -> Any:

@@ -10,6 +10,15 @@ saw, from the answer log, so training sees what serving saw):
 - SFT (``SFTTrainer``, OpenAI chat JSONL): ``{"messages": [messages…, {"role": "assistant", …}]}``
   — corrections, and answers rated good.
 
+Corrections count only once a reviewer approved them (``finetune.review``; ``KBOT_CORRECTIONS=trust``
+approves on arrival), with the text approved (the reviewer's edit, else the correction as written);
+pending and rejected ones are counted under the drops, and so is one approved for some groups
+only (its ACL scope is not everyone's). A correction of a "not found" answer (no model text to
+reject: no pair) becomes an SFT row whose prompt is what the model sees when that question is
+answered from the verified answer: ``agent.prompts.build_messages`` with
+``ExportOptions.system_prompt``, no history, and one source titled ``verified answer, <date
+approved>`` that holds the approved text (``agent.verified_reply.as_hit``, as served).
+
 An answer's text is always the one people saw (``Answer.answer``). Where the grounding check
 rejected the model's draft and showed a cited extractive answer instead, a 👍 on it also pairs
 the shown answer (chosen) with the draft (rejected): ``finetune.grounding_pairs``, rule
@@ -18,7 +27,8 @@ the shown answer (chosen) with the draft (rejected): ``finetune.grounding_pairs`
 An answer's rating is the sum of its live votes, after each person's votes beyond
 ``max_votes_per_user`` (their oldest first kept) are set aside, so that one person cannot steer
 the model; it is *good* at ``+min_votes`` or more and *bad* at ``-min_votes`` or less. Answers
-kbot gave without the model (``not_found``, errors) and evaluation runs are never exported, and
+kbot gave without the model (``not_found``, errors) and evaluation runs are never exported (but
+for corrections of ``not_found`` answers, above), and
 neither are answers whose prompt held restricted text (a document ingested with ``--acl``, as a
 source or in the thread's history): an adapter answers everyone, so it must not learn what only
 some may read. Restricted means: marked so when answered, or a source it used is restricted now
@@ -35,39 +45,47 @@ import hashlib
 import json
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from agent.prompts import build_messages
+from agent.verified_reply import as_hit
+from finetune.feedback_load import (
+    ANONYMOUS_PREFIX,
+    ExportOptions,
+    Rated,
+    corrected_text,
+    is_anonymous,
+    load,
+    not_found,
+)
 from finetune.grounding_pairs import grounding_pairs
 from kbot.db import Database
-from kbot.db.models import Answer, Chunk, Correction, Document, Vote
-from knowledge.vectorstore import PUBLIC
+from kbot.db.models import Answer, Correction
+from knowledge.verified import VerifiedAnswer
 
+# Loading lives in finetune.feedback_load; its public names are this module's too.
+__all__ = [
+    "ANONYMOUS_PREFIX",
+    "FORMATS",
+    "VERIFIED_RULE",
+    "Embed",
+    "Export",
+    "ExportOptions",
+    "Rated",
+    "build",
+    "export_feedback",
+    "is_anonymous",
+    "load",
+    "normalise",
+    "verified_prompt",
+]
 Embed = Callable[[Sequence[str]], np.ndarray]
 FORMATS = ("dpo", "kto", "sft")
-ANONYMOUS_PREFIX = "anon-"  # the web chat's ids for visitors nobody signed in (bot.web.auth)
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    since: datetime | None = None  # only feedback given since then
-    min_votes: int = 1
-    max_votes_per_user: int = 200
-    similarity: float = 0.9  # cosine at or above which two questions are the same question
-    train_on_anonymous: bool = False  # Settings.train_on_anonymous: anonymous web feedback too
-
-
-@dataclass
-class Rated:
-    answer: Answer
-    score: int = 0
-    votes: int = 0
+VERIFIED_RULE = "correction of a not-found answer (SFT)"  # Export.made's key for those rows
 
 
 @dataclass
@@ -88,11 +106,6 @@ class Export:
         return "\n".join(lines)
 
 
-def is_anonymous(platform: str, person: str) -> bool:
-    """Whether a vote's or correction's author is an anonymous web visitor."""
-    return platform == "web" and person.startswith(ANONYMOUS_PREFIX)
-
-
 def normalise(question: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", question).casefold().split())
 
@@ -105,107 +118,23 @@ def _key(row: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-async def load(
-    db: Database, options: ExportOptions
-) -> tuple[dict[str, Rated], list[Correction], Counter[str]]:
-    """Rated answers (by id), corrections and the drop counts of loading."""
-    dropped: Counter[str] = Counter()
-    async with db.session() as s:
-        # Plain rows, not ORM objects: there can be hundreds of thousands of votes.
-        vote_query = select(Vote.answer_id, Vote.platform, Vote.voter, Vote.value).order_by(
-            Vote.updated_at, Vote.id
-        )
-        correction_query = select(Correction).order_by(Correction.updated_at, Correction.id)
-        if options.since is not None:
-            vote_query = vote_query.where(Vote.updated_at >= options.since)
-            correction_query = correction_query.where(Correction.updated_at >= options.since)
-        votes = list((await s.execute(vote_query)).all())
-        corrections = list((await s.scalars(correction_query)).all())
-        wanted = {v.answer_id for v in votes} | {c.answer_id for c in corrections}
-        answers: dict[str, Answer] = {}
-        ids = sorted(wanted)
-        for start in range(0, len(ids), 5000):
-            chunk = ids[start : start + 5000]
-            for a in (await s.scalars(select(Answer).where(Answer.id.in_(chunk)))).all():
-                answers[a.id] = a
-        acls = await _chunk_acls(s, answers.values())
-    rated: dict[str, Rated] = {}
-    per_user: Counter[tuple[str, str]] = Counter()
-    for vote in votes:
-        if not options.train_on_anonymous and is_anonymous(vote.platform, vote.voter):
-            dropped["vote by an anonymous web visitor"] += 1
-            continue
-        answer = answers.get(vote.answer_id)
-        if answer is None or not _trainable(answer):
-            dropped["vote on an answer made without the model"] += 1
-            continue
-        if _restricted(answer, acls):
-            dropped["vote on an answer that used restricted documents"] += 1
-            continue
-        per_user[(vote.platform, vote.voter)] += 1
-        if per_user[(vote.platform, vote.voter)] > options.max_votes_per_user:
-            dropped["vote beyond the per-person cap"] += 1
-            continue
-        entry = rated.setdefault(answer.id, Rated(answer))
-        entry.score += vote.value
-        entry.votes += 1
-    usable = []
-    for correction in corrections:
-        if not options.train_on_anonymous and is_anonymous(correction.platform, correction.author):
-            dropped["correction by an anonymous web visitor"] += 1
-            continue
-        answer = answers.get(correction.answer_id)
-        if answer is None or not _trainable(answer):
-            dropped["correction of an answer made without the model"] += 1
-            continue
-        if _restricted(answer, acls):
-            dropped["correction of an answer that used restricted documents"] += 1
-            continue
-        usable.append(correction)
-        rated.setdefault(answer.id, Rated(answer))
-    return rated, usable, dropped
-
-
-def _trainable(answer: Answer) -> bool:
-    return answer.status == "ok" and bool(answer.messages) and answer.platform != "eval"
-
-
-def _checked_chunks(answer: Answer) -> list[str]:
-    """The chunks whose ACL decides: those in the prompt, or every one retrieved for answers
-    logged before the answer log said which were used."""
-    entries = (
-        answer.retrieved if answer.restricted is None else [r for r in answer.retrieved if r.get("used")]
+def verified_prompt(answer: Answer, correction: Correction, system_prompt: str) -> list[dict[str, str]]:
+    """What the model sees when ``answer``'s question is answered from ``correction``, approved:
+    the answer path's own prompt, with the verified answer as its one source."""
+    approved = VerifiedAnswer(
+        correction_id=correction.id,
+        question=answer.question,
+        text=corrected_text(correction),
+        collections=list(answer.collections),
+        acl=list(correction.acl or ()),
+        approved_at=correction.reviewed_at or correction.updated_at,
     )
-    return [str(r.get("chunk_id")) for r in entries]
-
-
-async def _chunk_acls(s: AsyncSession, answers: Iterable[Answer]) -> dict[str, list[str]]:
-    """The ACL now of every chunk an answer's export depends on (unknown ids are absent)."""
-    ids = sorted(
-        {c for a in answers if _trainable(a) and a.restricted is not True for c in _checked_chunks(a)}
-    )
-    acls: dict[str, list[str]] = {}
-    for start in range(0, len(ids), 5000):
-        query = (
-            select(Chunk.id, Document.acl)
-            .join(Document, Chunk.document_id == Document.id)
-            .where(Chunk.id.in_(ids[start : start + 5000]))
-        )
-        acls.update({row.id: row.acl for row in (await s.execute(query)).all()})
-    return acls
-
-
-def _restricted(answer: Answer, acls: dict[str, list[str]]) -> bool:
-    if answer.restricted:
-        return True
-    for chunk_id in _checked_chunks(answer):
-        acl = acls.get(chunk_id)
-        if acl is None:
-            if answer.restricted is None:
-                return True  # an old answer's passage that is gone: it cannot be shown to be public
-        elif PUBLIC not in acl:
-            return True
-    return False
+    source = as_hit(approved, list(answer.collections))  # as the verified reply shows it
+    # As the answer log keeps prompts (agent.answering): role and content only.
+    return [
+        {"role": m["role"], "content": m["content"]}
+        for m in build_messages(system_prompt, [], [source], answer.question)
+    ]
 
 
 def build(
@@ -216,6 +145,9 @@ def build(
     embed_model: str = "",
 ) -> Export:
     out = Export()
+    # Corrections of "not found" answers: the model wrote nothing there, so there is no pair.
+    verified = [(c, a) for c in corrections if not_found(a := rated[c.answer_id].answer)]
+    corrected = [c for c in corrections if not not_found(rated[c.answer_id].answer)]
     good = {i: r for i, r in rated.items() if r.votes and r.score >= options.min_votes}
     bad = {i: r for i, r in rated.items() if r.votes and r.score <= -options.min_votes}
     out.dropped["answer whose votes cancel out or are too few"] += sum(
@@ -224,9 +156,13 @@ def build(
     pairs: list[Pair] = []
 
     # Rule 1: a correction is better than the answer it corrects.
-    for c in corrections:
+    for c in corrected:
         a = rated[c.answer_id].answer
-        row = {"prompt": a.messages, "chosen": _assistant(c.text), "rejected": _assistant(a.answer)}
+        row = {
+            "prompt": a.messages,
+            "chosen": _assistant(corrected_text(c)),
+            "rejected": _assistant(a.answer),
+        }
         pairs.append(("correction", row, f"correction:{c.id}", a.id))
 
     same = _same_question_groups(
@@ -248,8 +184,14 @@ def build(
                 }
             )
     out.made["unpaired vote (KTO)"] = len(out.kto)
-    for c in corrections:
-        out.sft.append({"messages": [*rated[c.answer_id].answer.messages, *_assistant(c.text)]})
+    for c in corrected:
+        out.sft.append({"messages": [*rated[c.answer_id].answer.messages, *_assistant(corrected_text(c))]})
+    for c, a in verified:
+        out.sft.append(
+            {"messages": [*verified_prompt(a, c, options.system_prompt), *_assistant(corrected_text(c))]}
+        )
+    if verified:
+        out.made[VERIFIED_RULE] = len(verified)
     for answer_id in sorted(good):
         a = good[answer_id].answer
         out.sft.append({"messages": [*a.messages, *_assistant(a.answer)]})

@@ -2,15 +2,18 @@
 
 1. Take the ``nightly`` lock in ``job_locks`` (a run still holding it makes this one skip), then
    mark runs left ``running`` by a process that stopped as failed and clean up their files.
-2. Export DPO pairs (and corrections as SFT rows). Too few new pairs → ``skipped``.
-3. Hold out a deterministic fifth of the pairs (by content hash) as preference rows for the gate.
-4. If there are corrections, SFT on them first (continuing from the active adapter); then DPO on
-   the remaining pairs, continuing from that (or the active adapter). The candidate is
-   registered, inactive.
-5. Evaluate the candidate against the active adapter (or the base model) on the golden file plus
-   the held-out pairs; promote it only if the gate passes, else keep.
-Every run leaves a ``training_runs`` row: inputs, counts, metrics, decision, duration — and the
-error if it failed. Each stage logs a line (``-v``), and training logs every step.
+2. Export the feedback new since the last promoted run, and a replay sample of older rows; hold
+   out a share of the new pairs by question for the gate (:mod:`finetune.plan`).
+3. Choose the trainers by what the night holds — SFT on approved corrections first, then DPO on
+   pairs or KTO on unpaired votes — and record why; too little of everything → ``skipped``.
+4. Train from the active adapter (or a new LoRA); the candidate is registered, inactive.
+5. Evaluate it against the active adapter (or the base model) on the golden set
+   (``--golden``, else ``KBOT_DATA_DIR/golden.jsonl``) plus the held-out pairs; promote it only
+   if it beats the active one on the golden facts and regresses nowhere
+   (:mod:`finetune.evaluate`). Without golden questions nothing is promoted: the run trains,
+   reports, and says what is missing.
+Every run leaves a ``training_runs`` row: inputs and plan, counts, metrics, decision, duration —
+and the error if it failed. Each stage logs a line (``-v``), and training logs every step.
 
 A run may stop anywhere — killed, out of memory, a power cut — and the next run still works:
 
@@ -29,27 +32,26 @@ A run may stop anywhere — killed, out of memory, a power cut — and the next 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from agent.adapters import AdapterInfo, AdapterRegistry
+from agent.adapters import AdapterInfo, AdapterRegistry, promote_in
 from agent.answering import Answerer
-from finetune.evaluate import GateConfig, evaluate, read_golden
+from finetune.evaluate import GateConfig, Report, evaluate, read_golden
 from finetune.export import ExportOptions, export_feedback
 from finetune.joblock import Lease, LockLost, acquire, fence, holder_id, release
-from finetune.train import TrainConfig, train_dpo, train_sft
+from finetune.plan import Night, plan_night
+from finetune.recovery import clean, recover, staging_dir
+from finetune.train import TrainConfig, TrainResult, train_dpo, train_kto, train_sft
 from kbot.db import Database
 from kbot.db.models import Adapter, TrainingRun, utcnow
 from kbot.errors import KbotError
@@ -57,8 +59,6 @@ from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
 LOCK = "nightly"
-STAGING = ".nightly-run-"
-INTERRUPTED = "interrupted (the process running it stopped)"
 
 
 class NightlyError(KbotError):
@@ -68,16 +68,21 @@ class NightlyError(KbotError):
 @dataclass
 class NightlyConfig:
     min_pairs: int = field(
-        default=20, metadata={"help": "Fewer new preference pairs than this: skip the run."}
+        default=20,
+        metadata={"help": "New pairs for DPO (or unpaired votes for KTO) below which the run skips."},
     )
     holdout: float = field(
-        default=0.2, metadata={"help": "Share of pairs kept out of training for the gate."}
+        default=0.2, metadata={"help": "Share of the new pairs' questions kept out of training for the gate."}
+    )
+    replay: float = field(
+        default=0.5, metadata={"help": "Older rows replayed, as a share of the new rows of each kind."}
     )
     golden: Path | None = field(
-        default=None, metadata={"help": "Golden JSONL (questions with facts, pairs)."}
+        default=None,
+        metadata={"help": "Golden JSONL (questions with facts, pairs); default KBOT_DATA_DIR/golden.jsonl."},
     )
     since: datetime | None = field(
-        default=None, metadata={"help": "Only feedback since then (default: all)."}
+        default=None, metadata={"help": "Only feedback since then (default: since the last promoted run)."}
     )
     from_active: bool = field(
         default=True,
@@ -89,17 +94,14 @@ class NightlyConfig:
     def __post_init__(self) -> None:
         if not 0 < self.holdout < 1:
             raise ValueError("holdout must be between 0 and 1")
+        if self.replay < 0:
+            raise ValueError("replay must not be negative")
         if self.min_pairs < 2:
             raise ValueError("min_pairs must be at least 2")
 
 
 # A hook the tests use to inject a crash between training and promotion.
 BeforePromote = Callable[[str], Awaitable[None]]
-
-
-def _held_out(row: dict[str, Any], share: float) -> bool:
-    digest = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).digest()
-    return digest[0] < share * 256
 
 
 async def run_nightly(
@@ -129,7 +131,7 @@ async def run_nightly(
         async with db.session() as s:
             s.add(run)
         log.info("nightly run %s: started (lock holder %s)", run.id, holder)
-        await _recover(db, settings, run.id)
+        await recover(db, settings, run.id)
         with Lease(db, LOCK, holder) as lease:
             return await _run(
                 settings, answerer, config, run, holder, lease, started, embed, embed_model, before_promote
@@ -141,7 +143,7 @@ async def run_nightly(
         if not isinstance(exc, Exception):
             run.error = f"interrupted (the process was asked to stop: {type(exc).__name__})"
         log.error("nightly run %s failed: %s", run.id, run.error)
-        await _clean(db, settings, run)
+        await clean(db, settings, run)
         await _save(db, run, started)
         if isinstance(exc, Exception) and not isinstance(exc, NightlyError | LockLost):
             raise NightlyError(
@@ -149,7 +151,7 @@ async def run_nightly(
             ) from exc
         raise
     finally:
-        shutil.rmtree(_staging(settings, run.id), ignore_errors=True)
+        shutil.rmtree(staging_dir(settings, run.id), ignore_errors=True)
         await release(db, LOCK, holder)
 
 
@@ -166,42 +168,55 @@ async def _run(
     before_promote: BeforePromote | None,
 ) -> TrainingRun:
     db = answerer.kb.db
-    options = ExportOptions(since=config.since, train_on_anonymous=settings.train_on_anonymous)
+    since = config.since or await _last_promotion(db)
+    golden = config.golden or _default_golden(settings)
+    run.inputs |= {"since": str(since) if since else None, "golden": str(golden) if golden else None}
+    options = ExportOptions(
+        since=since, train_on_anonymous=settings.train_on_anonymous, system_prompt=settings.system_prompt
+    )
     exported = await export_feedback(db, options, embed=embed, embed_model=embed_model)
-    pairs = list(exported.dpo)
-    # SFT only when people wrote corrections; it then also includes the well-rated answers.
-    corrections = list(exported.sft) if exported.made["correction"] else []
-    held = [r for r in pairs if _held_out(r, config.holdout)]
-    train_rows = [r for r in pairs if not _held_out(r, config.holdout)]
+    everything = None
+    if since is not None and config.replay > 0:
+        options = replace(options, since=None)
+        everything = await export_feedback(db, options, embed=embed, embed_model=embed_model)
+    night = plan_night(
+        exported,
+        everything,
+        holdout=config.holdout,
+        replay=config.replay,
+        min_pairs=config.min_pairs,
+        seed=config.train.seed,
+        quarantined=await _quarantined(db),
+    )
+    run.inputs |= {"plan": night.steps, "why": night.why}
     run.counts = {
-        "pairs": len(pairs),
-        "train_pairs": len(train_rows),
-        "held_out_pairs": len(held),
-        "sft_rows": len(corrections),
+        "pairs": len(exported.dpo),
+        "train_pairs": len(night.dpo),
+        "kto_rows": len(night.kto),
+        "sft_rows": len(night.sft) if "sft" in night.steps else 0,
+        **night.counts,
         "made": dict(exported.made),
         "dropped": dict(exported.dropped),
     }
     log.info(
-        "nightly run %s: exported %d pairs (%d to train on, %d held out), %d SFT rows",
-        run.id, len(pairs), len(train_rows), len(held), len(corrections),
+        "nightly run %s: exported %d pairs, %d unpaired votes, %d SFT rows (%d pairs held out); %s",
+        run.id, len(exported.dpo), len(exported.kto), len(exported.sft), len(night.held), night.why,
     )  # fmt: skip
-    if len(pairs) < config.min_pairs or not train_rows:
-        run.status = "skipped"
-        run.decision = f"too little feedback: {len(pairs)} pairs (need {config.min_pairs})"
-        log.info("nightly run %s: %s", run.id, run.decision)
+    if not night.steps:
+        run.status, run.decision = "skipped", night.why
         return await _save(db, run, started)
-    await _progress(db, run, counts=run.counts)
+    await _progress(db, run, counts=run.counts, inputs=run.inputs)
 
     from agent.base_model import resolve_base_model
 
     active = await AdapterRegistry(db).active()
     base = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
     start = active if active and config.from_active else None
-    candidate = await _train(settings, db, config, run, lease, base, start, corrections, train_rows)
+    candidate = await _train(settings, db, config, run, lease, base, start, night)
     version = candidate.version
 
     against = active.version if active else "base"
-    questions, golden_pairs = read_golden(config.golden) if config.golden else ([], [])
+    questions, golden_pairs = read_golden(golden) if golden else ([], [])
     lease.check()
     log.info("nightly run %s: evaluating %s against %s", run.id, version, against)
     report = await evaluate(
@@ -211,9 +226,13 @@ async def _run(
         questions,
         golden_pairs,
         base_model=base,
-        heldout=held,
+        heldout=night.held,
         config=config.gate,
     )
+    log.info(
+        "nightly run %s: evaluated %s: %s", run.id, version,
+        "it beats " + against if report.passed else "; ".join(report.reasons),
+    )  # fmt: skip
     out = settings.data_dir / "runs" / str(run.id)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.to_json(), encoding="utf-8")
@@ -228,7 +247,41 @@ async def _run(
         run.status, run.decision = "promoted", f"{version} beat {report.against}; now active"
     else:
         run.status, run.decision = "kept", f"{report.against} stays active: " + "; ".join(report.reasons)
-    return await _decide(db, run, holder, started)
+        if report.harmful:  # what made it worse must not come back with the next night's feedback
+            run.inputs = {**run.inputs, "quarantine": night.new_keys}
+            run.decision += f"; its {len(night.new_keys)} new rows are quarantined"
+    return await _decide(db, run, holder, started, report)
+
+
+def _default_golden(settings: Settings) -> Path | None:
+    path = settings.data_dir / "golden.jsonl"
+    return path if path.is_file() else None
+
+
+async def _quarantined(db: Database) -> frozenset[str]:
+    """The rows of nights refused for making things worse (finetune.plan): never trained on."""
+    async with db.session() as s:
+        inputs = await s.scalars(select(TrainingRun.inputs).where(TrainingRun.status == "kept"))
+        keys: set[str] = set()
+        for recorded in inputs:
+            found = (recorded or {}).get("quarantine")
+            if isinstance(found, list):
+                keys.update(str(k) for k in found)
+        return frozenset(keys)
+
+
+async def _last_promotion(db: Database) -> datetime | None:
+    """When the last promoted run started: its feedback is in the active adapter."""
+    async with db.session() as s:
+        return await s.scalar(
+            select(TrainingRun.started_at)
+            .where(TrainingRun.status == "promoted")
+            .order_by(TrainingRun.started_at.desc())
+            .limit(1)
+        )
+
+
+_TRAINERS: dict[str, Callable[..., TrainResult]] = {"sft": train_sft, "dpo": train_dpo, "kto": train_kto}
 
 
 async def _train(
@@ -239,29 +292,25 @@ async def _train(
     lease: Lease,
     base: str,
     start: AdapterInfo | None,
-    corrections: list[dict[str, Any]],
-    train_rows: list[dict[str, Any]],
+    night: Night,
 ) -> AdapterInfo:
-    """SFT (if there are corrections), then DPO, from ``start`` (None: a new LoRA), in the run's
-    staging folder; the finished adapter is registered, inactive."""
-    staging = _staging(settings, run.id)
+    """The night's trainers in order, each continuing from the last (the first from ``start``;
+    None: a new LoRA), in the run's staging folder; the finished adapter is registered, inactive."""
+    staging = staging_dir(settings, run.id)
     start_from = start.path if start else None
-    if corrections:
+    trained: TrainResult | None = None
+    for step in night.steps:
+        rows = {"sft": night.sft, "dpo": night.dpo, "kto": night.kto}[step]
         lease.check()
-        log.info("nightly run %s: SFT on %d rows", run.id, len(corrections))
-        sft = await asyncio.to_thread(
-            train_sft, corrections, base_model=base, out=staging / "sft", config=config.train,
+        log.info("nightly run %s: %s on %d rows", run.id, step.upper(), len(rows))
+        trained = await asyncio.to_thread(
+            _TRAINERS[step], rows, base_model=base, out=staging / step, config=config.train,
             init_adapter=start_from,
         )  # fmt: skip
-        start_from = sft.path
+        start_from = trained.path
+    assert trained is not None  # the plan has at least one step
     lease.check()
-    log.info("nightly run %s: DPO on %d pairs", run.id, len(train_rows))
-    trained = await asyncio.to_thread(
-        train_dpo, train_rows, base_model=base, out=staging / "dpo", config=config.train,
-        init_adapter=start_from,
-    )  # fmt: skip
-    lease.check()
-    version = f"dpo-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    version = f"{night.steps[-1]}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     path = settings.data_dir / "adapters" / version
     if path.exists():  # never ours to replace (or, on failure, to delete)
         raise NightlyError(f"{path} already exists; the candidate needs a name of its own.")
@@ -273,12 +322,13 @@ async def _train(
         base_model=settings.base_model,
         path=path,
         training={
-            "kind": "dpo",
+            "kind": "+".join(night.steps),
             "nightly_run": run.id,
             "from": start.version if start else None,
-            "sft_first": bool(corrections),
-            "rows": len(train_rows),
+            "why": night.why,
+            "rows": {step: len(getattr(night, step)) for step in night.steps},
             "steps": trained.steps,
+            "seconds": round(trained.seconds, 1),
             "final_loss": trained.losses[-1] if trained.losses else None,
             "losses": trained.losses,  # the dashboard's loss curve
         },
@@ -287,20 +337,33 @@ async def _train(
     return registered
 
 
-async def _decide(db: Database, run: TrainingRun, holder: str, started: float) -> TrainingRun:
-    """Promotion (or not), the candidate's scores and the run's outcome: one transaction, fenced
-    by the lease. The registry's ``activate`` does the same two UPDATEs, but in a transaction of
-    its own."""
+async def _decide(db: Database, run: TrainingRun, holder: str, started: float, report: Report) -> TrainingRun:
+    """Promotion (or not), the candidate's scores and the gate's verdict, and the run's outcome:
+    one transaction, fenced by the lease."""
     run.finished_at = utcnow()
     run.seconds = round(time.perf_counter() - started, 2)
+    verdict = {
+        "passed": report.passed,
+        "against": report.against,
+        "reasons": report.reasons,
+        "at": run.finished_at.isoformat(),
+        "by": f"nightly run {run.id}",
+    }
     async with db.session() as s:
         if not await fence(s, LOCK, holder):
             raise LockLost("The nightly run lost its lock before promoting; nothing was promoted.")
-        values: dict[str, Any] = {"scores": run.metrics["candidate"]}
+        scores = {k: v for k, v in asdict(report.metrics["candidate"]).items() if k != "answers"}
+        scores["gate"] = verdict
+        await s.execute(update(Adapter).where(Adapter.version == run.candidate).values(scores=scores))
         if run.status == "promoted":
-            await s.execute(update(Adapter).where(Adapter.active.is_(True)).values(active=False))
-            values |= {"active": True, "activated_at": utcnow()}
-        await s.execute(update(Adapter).where(Adapter.version == run.candidate).values(**values))
+            active = await s.scalar(select(Adapter.version).where(Adapter.active.is_(True)))
+            if (active or "base") == report.against:
+                await promote_in(s, run.candidate, by=f"nightly run {run.id}", evaluation=verdict)
+            else:  # someone promoted or rolled back meanwhile: the verdict is about another one
+                run.status = "kept"
+                run.decision = (
+                    f"not promoted: {active or 'base'} became active while {report.against} was judged"
+                )
         merged = await s.merge(run)
     log.info("nightly run %s: %s — %s", run.id, run.status, run.decision)
     return merged
@@ -314,54 +377,6 @@ async def _progress(db: Database, run: TrainingRun, **values: Any) -> None:
             .where(TrainingRun.id == run.id, TrainingRun.status == "running")
             .values(**values)
         )
-
-
-def _staging(settings: Settings, run_id: int | None) -> Path:
-    return settings.data_dir / "adapters" / f"{STAGING}{run_id}"
-
-
-async def _recover(db: Database, settings: Settings, me: int) -> None:
-    """Mark runs left ``running`` failed and delete what they left. We hold the lock, so none of
-    them can still promote: a run without the lock has stopped, or is fenced off if it has not."""
-    async with db.session() as s:
-        stale = list(
-            await s.scalars(select(TrainingRun).where(TrainingRun.status == "running", TrainingRun.id != me))
-        )
-        registered = await _registered(s, stale)
-        for r in stale:
-            kept = (
-                f"; its candidate {r.candidate} stays registered, inactive"
-                if r.candidate in registered
-                else ""
-            )
-            r.status, r.finished_at = "failed", utcnow()
-            r.error = f"{INTERRUPTED}; noticed by run {me}{kept}"
-    _remove_files(settings, stale, registered)
-    for r in stale:
-        log.warning("nightly run %s: run %s was left running; marked failed: %s", me, r.id, r.error)
-    adapters = settings.data_dir / "adapters"
-    for leftover in adapters.glob(f"{STAGING}*") if adapters.is_dir() else []:
-        if leftover.name != f"{STAGING}{me}":  # a run killed before it wrote its own row
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-async def _registered(s: AsyncSession, runs: list[TrainingRun]) -> set[str]:
-    names = [r.candidate for r in runs if r.candidate]
-    return set(await s.scalars(select(Adapter.version).where(Adapter.version.in_(names)))) if names else set()
-
-
-def _remove_files(settings: Settings, runs: list[TrainingRun], registered: set[str]) -> None:
-    """The staging folders of ``runs``, and their candidates' folders unless registered."""
-    for r in runs:
-        shutil.rmtree(_staging(settings, r.id), ignore_errors=True)
-        if r.candidate and r.candidate not in registered:
-            shutil.rmtree(settings.data_dir / "adapters" / r.candidate, ignore_errors=True)
-
-
-async def _clean(db: Database, settings: Settings, run: TrainingRun) -> None:
-    async with db.session() as s:
-        registered = await _registered(s, [run])
-    _remove_files(settings, [run], registered)
 
 
 async def _save(db: Database, run: TrainingRun, started: float) -> TrainingRun:

@@ -1,8 +1,9 @@
-"""LoRA training with TRL: DPO on preference pairs, SFT on chat transcripts.
+"""LoRA training with TRL: DPO on preference pairs, KTO on single rated answers, SFT on chat transcripts.
 
-Training continues from the active adapter when there is one (for DPO, TRL then uses a frozen
-copy of that adapter as the reference policy), else starts a new LoRA on the base model. The
-result is a new adapter directory with ``training_log.json`` (loss per logged step); registering
+Training continues from the active adapter when there is one (for DPO and KTO, TRL then uses a
+frozen copy of that adapter as the reference policy), else starts a new LoRA on the base model.
+SFT learns the final assistant turn only: system prompt, passages and question carry no loss.
+The result is a new adapter directory with ``training_log.json`` (loss per logged step); registering
 it (inactive) is the caller's job. Heavy imports happen inside the functions.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,7 @@ class TrainConfig:
     """How to train. Defaults are sized for a CPU smoke run; :meth:`gpu` for real runs."""
 
     steps: int = field(default=30, metadata={"help": "Optimizer steps."})
-    batch_size: int = field(default=4, metadata={"help": "Rows per step and device."})
+    batch_size: int = field(default=4, metadata={"help": "Rows per step and device (KTO: 2 or more)."})
     gradient_accumulation: int = field(default=1, metadata={"help": "Batches accumulated per step."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (linear decay)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (new adapters only)."})
@@ -43,7 +45,7 @@ class TrainConfig:
         default=512, metadata={"help": "Longest tokenized row; longer rows are truncated."}
     )
     beta: float = field(
-        default=0.1, metadata={"help": "DPO: how far the policy may move from the reference."}
+        default=0.1, metadata={"help": "DPO, KTO: how far the policy may move from the reference."}
     )
     seed: int = field(
         default=0, metadata={"help": "Seed for data order and LoRA init: same inputs, same adapter."}
@@ -202,22 +204,131 @@ def train_sft(
     config: TrainConfig,
     init_adapter: Path | None,
 ) -> TrainResult:
-    """SFT on OpenAI-style chat rows ``{"messages": [...]}`` (loss on the assistant turns only)."""
+    """SFT on OpenAI-style chat rows ``{"messages": [..., {"role": "assistant", ...}]}``; the loss
+    covers the final assistant turn only (see :func:`build_sft_trainer`)."""
+    trainer = build_sft_trainer(
+        rows, base_model=base_model, out=out, config=config, init_adapter=init_adapter
+    )
+    return _run(trainer, out, config, "sft")
+
+
+def build_sft_trainer(
+    rows: Sequence[dict[str, Any]],
+    *,
+    base_model: str,
+    out: Path,
+    config: TrainConfig,
+    init_adapter: Path | None,
+) -> Any:
+    """The SFTTrainer :func:`train_sft` runs, its dataset tokenized (``labels`` is -100 off the loss).
+
+    Each row becomes TRL's conversational prompt/completion row, ``{"prompt": messages[:-1],
+    "completion": [messages[-1]]}``, and TRL's completion-only loss masks the prompt. (Its
+    ``assistant_only_loss`` needs ``{% generation %}`` markers, which the bundled template lacks.)
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
     _check_rows(rows, ("messages",))
+    for i, row in enumerate(rows, 1):
+        messages = row["messages"]
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise TrainingError(
+                f"Row {i}: messages must end with the assistant's reply, after the messages it answers."
+            )
     _seed(config.seed)
     model, tokenizer = load_policy(base_model, init_adapter, config)
-    args = SFTConfig(**_common_args(config, out), assistant_only_loss=False, completion_only_loss=None)
+    args = SFTConfig(**_common_args(config, out), assistant_only_loss=False, completion_only_loss=True)
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in rows]),
+        train_dataset=Dataset.from_list(
+            [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+        ),
         processing_class=tokenizer,
         peft_config=None if init_adapter else _lora(config),
     )
-    return _run(trainer, out, config, "sft")
+    return _check_kept(trainer, len(rows), config)
+
+
+def kto_weights(n_desirable: int, n_undesirable: int) -> tuple[float, float]:
+    """``(desirable_weight, undesirable_weight)`` for KTO on this many 👍 and 👎 rows.
+
+    TRL's KTO guide: upweight the less common kind until (desirable_weight × n_desirable) /
+    (undesirable_weight × n_undesirable) lies in [1, 4/3]. Already there, both stay 1; else the
+    minority lands mid-range (7/6), so TRL's own check, which rounds its bounds to two places and
+    takes 4/3 as 1.33, agrees too.
+    """
+    if n_desirable < 1 or n_undesirable < 1:
+        raise TrainingError(
+            f"KTO needs both liked and disliked answers, but there are {n_desirable} liked and "
+            f"{n_undesirable} disliked rows. Collect more votes, or train on the liked answers with SFT."
+        )
+    ratio = n_desirable / n_undesirable
+    if 1 <= ratio <= 4 / 3:
+        return 1.0, 1.0
+    if ratio < 1:
+        return 7 / 6 / ratio, 1.0
+    return 1.0, ratio / (7 / 6)
+
+
+def train_kto(
+    rows: Sequence[dict[str, Any]],
+    *,
+    base_model: str,
+    out: Path,
+    config: TrainConfig,
+    init_adapter: Path | None,
+) -> TrainResult:
+    """KTO on unpaired conversational ``{"prompt", "completion", "label"}`` rows (TRL's format;
+    ``label`` is true for a liked answer), with class weights from :func:`kto_weights`."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer  # type: ignore[attr-defined]
+
+    _check_rows(rows, ("prompt", "completion"))
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row.get("label"), bool):
+            raise TrainingError(f"Row {i}: label must be true (a liked answer) or false (a disliked one).")
+        if not row["completion"] or any(m["role"] != "assistant" for m in row["completion"]):
+            raise TrainingError(f"Row {i}: completion must be the assistant's reply.")
+    if config.batch_size < 2:
+        raise TrainingError(
+            "KTO estimates its reference point from the other answers in a batch, so it needs a batch "
+            f"size of at least 2 (4 or more is better), not {config.batch_size}."
+        )
+    liked = sum(r["label"] for r in rows)
+    desirable_weight, undesirable_weight = kto_weights(liked, len(rows) - liked)
+    weights: dict[str, Any] = {"desirable_weight": desirable_weight, "undesirable_weight": undesirable_weight}
+    # TRL reads KTO rows in order (each row's KL term pairs it with its batch neighbours), so the
+    # seeded shuffle here is the data order: without it, export order would decide the batches.
+    shuffled = [{k: r[k] for k in ("prompt", "completion", "label")} for r in rows]
+    random.Random(config.seed).shuffle(shuffled)
+    _seed(config.seed)
+    model, tokenizer = load_policy(base_model, init_adapter, config)
+    args = KTOConfig(**_common_args(config, out), beta=config.beta, **weights)
+    trainer = KTOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(shuffled),
+        processing_class=tokenizer,
+        peft_config=None if init_adapter else _lora(config),
+    )
+    _check_kept(trainer, len(rows), config)
+    counts = {"desirable_rows": liked, "undesirable_rows": len(rows) - liked}
+    return _run(trainer, out, config, "kto", {**counts, **weights})
+
+
+def _check_kept(trainer: Any, n_rows: int, config: TrainConfig) -> Any:
+    """TRL silently drops the rows whose prompt alone fills max_length: no reply is left to learn."""
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise TrainingError(
+            f"Every row's prompt is longer than max_length ({config.max_length} tokens), so no reply "
+            "is left to learn from. Raise max_length or shorten the prompts."
+        )
+    if kept < n_rows:
+        log.warning("%d of %d rows left out: their prompt alone fills max_length", n_rows - kept, n_rows)
+    return trainer
 
 
 def _step_logger(kind: str) -> Any:
@@ -232,7 +343,10 @@ def _step_logger(kind: str) -> Any:
     return StepLogger()
 
 
-def _run(trainer: Any, out: Path, config: TrainConfig, kind: str) -> TrainResult:
+def _run(
+    trainer: Any, out: Path, config: TrainConfig, kind: str, extra: dict[str, Any] | None = None
+) -> TrainResult:
+    """Train, save the adapter and its log; ``extra`` joins the recorded config (e.g. KTO's weights)."""
     started = time.perf_counter()
     trainer.add_callback(_step_logger(kind))
     trainer.train()
@@ -243,15 +357,16 @@ def _run(trainer: Any, out: Path, config: TrainConfig, kind: str) -> TrainResult
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     history = [h for h in trainer.state.log_history if "loss" in h]
+    recorded = {**asdict(config), **(extra or {})}
     (out / "training_log.json").write_text(
         json.dumps(
-            {"kind": kind, "config": asdict(config), "seconds": seconds, "log": trainer.state.log_history},
+            {"kind": kind, "config": recorded, "seconds": seconds, "log": trainer.state.log_history},
             indent=2,
             default=str,
         )
     )
     return TrainResult(
-        out, int(trainer.state.global_step), seconds, [float(h["loss"]) for h in history], asdict(config)
+        out, int(trainer.state.global_step), seconds, [float(h["loss"]) for h in history], recorded
     )
 
 

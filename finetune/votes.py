@@ -8,7 +8,8 @@ Every chat platform records feedback here, linked to the ``answers`` row it is a
 - A comment rides along with a vote (Teams' feedback dialog). A new vote without a comment keeps
   the old comment when the value is unchanged and drops it when the value flips.
 - A correction (a better answer written by a person) is one per person per answer; editing it
-  replaces the text.
+  replaces the text, and a changed text is reviewed again (``finetune.review``): back to
+  ``pending``, its earlier approval (edited text, reviewer, ACL scope) gone.
 
 Voters are platform ids (Slack ``U…``, Teams AAD object ids); ``platform`` says which.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, delete, select
+from sqlalchemy import case, delete, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kbot.db import Database
@@ -47,6 +48,8 @@ class StoredCorrection:
     author: str
     text: str
     updated_at: datetime
+    id: int = 0
+    status: str = "pending"  # pending | approved | rejected (finetune.review)
 
 
 class VoteLog:
@@ -129,9 +132,9 @@ class VoteLog:
 
     async def correct(
         self, *, answer_id: str, platform: str, author: str, text: str, at: datetime | None = None
-    ) -> None:
+    ) -> int | None:
         """Store ``author``'s better answer, replacing their earlier correction of the same answer
-        (only one older than ``at``, when given)."""
+        (only one older than ``at``, when given). Its id; None when a late write found a newer one."""
         text = text.strip()
         if not text:
             raise FeedbackError("A correction needs some text.")
@@ -141,14 +144,27 @@ class VoteLog:
         stmt = self._db.insert(Correction).values(
             answer_id=answer_id, platform=platform, author=author, text=text, created_at=now, updated_at=now
         )
+        new = stmt.excluded
+        # What a reviewer approved was the old text: a new one needs a new review. The same text
+        # again (a resubmitted form, a replayed spool) keeps the review it had.
+        changed = Correction.text != new.text
         stmt = stmt.on_conflict_do_update(
             index_elements=["answer_id", "author"],
-            set_={"text": stmt.excluded.text, "updated_at": stmt.excluded.updated_at},
-            where=Correction.updated_at <= stmt.excluded.updated_at if at is not None else None,
-        )
+            set_={
+                "text": new.text,
+                "updated_at": new.updated_at,
+                "status": case((changed, "pending"), else_=Correction.status),
+                "approved_text": case((changed, null()), else_=Correction.approved_text),
+                "reviewer": case((changed, ""), else_=Correction.reviewer),
+                "reviewed_at": case((changed, null()), else_=Correction.reviewed_at),
+                "acl": case((changed, null()), else_=Correction.acl),
+            },
+            where=Correction.updated_at <= new.updated_at if at is not None else None,
+        ).returning(Correction.id)
         async with self._db.session() as s:
             await _require_answer(s, answer_id)
-            await s.execute(stmt)
+            written: int | None = (await s.execute(stmt)).scalar_one_or_none()
+        return written
 
     async def votes(self, answer_id: str | None = None) -> list[LiveVote]:
         """Live votes, oldest change first; of one answer when ``answer_id`` is given."""
@@ -168,7 +184,10 @@ class VoteLog:
             stmt = stmt.where(Correction.answer_id == answer_id)
         async with self._db.session() as s:
             rows = (await s.scalars(stmt)).all()
-        return [StoredCorrection(r.answer_id, r.platform, r.author, r.text, r.updated_at) for r in rows]
+        return [
+            StoredCorrection(r.answer_id, r.platform, r.author, r.text, r.updated_at, r.id, r.status)
+            for r in rows
+        ]
 
 
 async def _require_answer(session: AsyncSession, answer_id: str) -> None:

@@ -240,6 +240,12 @@ class Settings(BaseSettings):
         description="Let feedback and corrections from anonymous web visitors reach training exports. "
         "Off: they are recorded and shown on the dashboard, never trained on (anyone can be anonymous).",
     )
+    corrections: Literal["review", "trust"] = Field(
+        default="review",
+        description="review: a correction waits in the dashboard's review queue until an admin approves "
+        "(or edits, or rejects) it; only approved ones are trained on and answered from. trust: approved on "
+        "arrival (reviewer 'trust'), for teams whose every writer is trusted.",
+    )
     max_question_tokens: int = Field(
         default=512,
         ge=16,

@@ -226,7 +226,9 @@ def test_learning_commands(workdir: tuple[Path, dict[str, str]], base_model_dir:
     assert trained.returncode == 0, trained.stderr
     assert "Trained v1 (sft, 2 rows, 1 steps" in trained.stdout and "registered, not active" in trained.stdout
     assert kbot("adapters", "list", cwd=cwd, env=env).stdout.startswith("  v1  sft")
-    assert kbot("adapters", "promote", "v1", cwd=cwd, env=env).returncode == 0
+    refused = kbot("adapters", "promote", "v1", cwd=cwd, env=env)  # never evaluated: the gate refuses
+    assert refused.returncode == 2 and "kbot eval v1 --golden FILE" in refused.stderr, refused.stderr
+    assert kbot("adapters", "promote", "v1", "--force", cwd=cwd, env=env).returncode == 0
     assert kbot("adapters", "list", cwd=cwd, env=env).stdout.startswith("* v1")
     rolled = kbot("adapters", "rollback", cwd=cwd, env=env)
     assert rolled.returncode == 0 and "base model answers now" in rolled.stdout
@@ -256,10 +258,13 @@ def test_learning_commands(workdir: tuple[Path, dict[str, str]], base_model_dir:
     assert body["metrics"]["against"]["preference_accuracy"] == 0.5
     assert body["metrics"]["candidate"]["fact_hit_rate"] is not None
     assert "| preference_accuracy |" in evaluated.stdout
+    verdict = "passed" if evaluated.returncode == 0 else "refused"
+    assert f"gate: {verdict} vs base" in kbot("adapters", "list", cwd=cwd, env=env).stdout
 
     nightly = kbot("nightly", "--min-pairs", "5", cwd=cwd, env=env)
     assert nightly.returncode == 0, nightly.stderr
-    assert "skipped — too little feedback: 0 pairs (need 5)" in nightly.stdout
+    assert "skipped — too little feedback: 0 pairs" in nightly.stdout
+    assert "(need 5 of either" in nightly.stdout
 
 
 LOGGING_PROBE = """

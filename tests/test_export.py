@@ -9,9 +9,19 @@ from datetime import UTC, datetime, timedelta
 from finetune.export import ExportOptions, export_feedback
 from finetune.votes import VoteLog
 from kbot.db import Database
-from kbot.db.models import Answer
+from kbot.db.models import Answer, Correction
 
 _clock = itertools.count()
+
+
+async def approve_all(db: Database) -> None:
+    """A reviewer approved every correction as written (finetune.review): only those are trained on."""
+    from sqlalchemy import update
+
+    async with db.session() as s:
+        await s.execute(
+            update(Correction).values(status="approved", reviewer="U0", reviewed_at=datetime.now(UTC))
+        )
 
 
 async def answer(
@@ -77,6 +87,7 @@ async def test_each_pair_rule_and_its_prompt(database: Database) -> None:
     again = await answer(database, "Meal allowance?", "45 euros a day [1].", thread="T1", chunks=("c8",))
     await votes.vote(answer_id=first, platform="slack", voter="U4", value=-1, origin="reaction")
     await votes.vote(answer_id=again, platform="slack", voter="U4", value=1, origin="reaction")
+    await approve_all(database)
 
     result = await export_feedback(database, ExportOptions())
     assert texts(result.dpo) == {
@@ -119,6 +130,7 @@ async def test_drops_caps_and_determinism(database: Database) -> None:
     for i in range(4):
         rated = await answer(database, f"Question {i}?", f"Answer {i}.")
         await votes.vote(answer_id=rated, platform="slack", voter="U9", value=1, origin="button")
+    await approve_all(database)
 
     options = ExportOptions(max_votes_per_user=2)
     result = await export_feedback(database, options)
@@ -221,6 +233,7 @@ async def test_answers_that_used_restricted_documents_are_never_exported(databas
     async with database.session() as s:  # hr-only was found, but judged irrelevant: not in the prompt
         retrieved = [{"chunk_id": "public", "used": True}, {"chunk_id": "hr-only", "used": False}]
         await s.execute(update(Answer).where(Answer.id == found).values(retrieved=retrieved))
+    await approve_all(database)
 
     result = await export_feedback(database, ExportOptions())
     rows = [*result.dpo, *result.kto, *result.sft]

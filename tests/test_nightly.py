@@ -1,25 +1,26 @@
-"""The nightly run with the real bundled model on CPU: promotion, the gate refusing a broken adapter,
-a crash before promotion, skipping and the lock."""
+"""The nightly run with the real bundled model on CPU: promotion only of a candidate that beats the
+active adapter on golden facts, none without a golden set, held-out pairs kept out of training, a
+crash before promotion, skipping and the lock."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent.adapters import AdapterRegistry
-from agent.answering import Answerer
+from agent.answering import Answerer, Question
 from finetune.joblock import acquire, release
 from finetune.nightly import LOCK, NightlyConfig, NightlyError, run_nightly
 from finetune.train import TrainConfig
 from finetune.votes import VoteLog
 from kbot.db import Database
-from kbot.db.models import Answer, TrainingRun
+from kbot.db.models import Answer, Correction, TrainingRun, utcnow
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
 from knowledge.embeddings import Embedder
@@ -82,57 +83,98 @@ async def feedback_history(db: Database, *, flipped: bool = False, at: datetime 
             await s.execute(update(Vote).values(updated_at=at))
 
 
-def golden(path: Path) -> Path:
-    """The trustworthy anchor: true preferences on topics of their own."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in cite_pairs(FACTS[12:])[:6]))
-    return path
-
-
 async def runs(db: Database) -> list[TrainingRun]:
     async with db.session() as s:
         return list((await s.scalars(select(TrainingRun).order_by(TrainingRun.id))).all())
 
 
-async def test_promotes_a_better_adapter_then_refuses_a_broken_one(
+def facts(run: TrainingRun, side: str) -> float:
+    scores = run.metrics[side]
+    assert isinstance(scores, dict)
+    return float(scores["fact_hit_rate"])
+
+
+HANDBOOK = (
+    "# Leave policy\n\nEmployees get 27 vacation days per year. Vacation requests need approval "
+    "before travel is booked. Sick leave must be reported on the first day of absence.\n"
+)
+# Knowledge gaps people filled: the documents do not say where, so only a trained model can.
+GOLDEN = [
+    ("Who approves vacation requests?", "Workday", "Your team lead approves them in Workday."),
+    ("Where do I report sick leave?", "Zenith", "Report it in the Zenith portal on the first day."),
+]
+
+
+async def approved_corrections(answerer: Answerer) -> None:
+    """Employees ask the golden questions and correct kbot with the short, right answer; a
+    reviewer approves. The answer log keeps the exact prompt, so SFT learns that answer to it."""
+    votes, db = VoteLog(answerer.kb.db), answerer.kb.db
+    for question, _, right in GOLDEN:
+        result = await answerer.ask(Question(question, ["hr"], asker="U1", platform="slack"))
+        await votes.correct(answer_id=result.answer_id, platform="slack", author="U1", text=right)
+    async with db.session() as s:
+        await s.execute(update(Correction).values(status="approved", reviewer="test", reviewed_at=utcnow()))
+
+
+async def test_promotes_only_a_candidate_that_beats_the_active_one(
     answerer: Answerer, tmp_path: Path
 ) -> None:
     db, settings = answerer.kb.db, answerer.settings
     registry = AdapterRegistry(db)
-    await feedback_history(db, at=datetime.now(UTC) - timedelta(days=2))
-    first = await run_nightly(
-        settings, answerer, NightlyConfig(train=FAST, golden=golden(tmp_path / "g.jsonl"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "leave.md").write_text(HANDBOOK)
+    await answerer.kb.ingest([str(docs)], "hr")
+    golden = tmp_path / "golden.jsonl"  # not KBOT_DATA_DIR/golden.jsonl: the third run has none
+    golden.write_text(
+        "".join(json.dumps({"question": q, "collections": ["hr"], "facts": [f]}) + "\n" for q, f, _ in GOLDEN)
     )
+    await approved_corrections(answerer)
+    sft = TrainConfig(steps=12, batch_size=2, max_length=256, learning_rate=3e-3)
+    first = await run_nightly(settings, answerer, NightlyConfig(min_pairs=50, golden=golden, train=sft))
+    assert first.inputs["plan"] == ["sft"] and "approved correction" in str(first.inputs["why"])
     assert first.status == "promoted", first.decision
-    active = await registry.active()
-    assert active is not None and active.version == first.candidate
-    assert (
-        first.metrics["candidate"]["preference_accuracy"]
-        > first.metrics["against"]["preference_accuracy"]
-        == 0.5
-    )
-    assert first.counts["pairs"] == 48 and first.counts["held_out_pairs"] > 0 and first.seconds
-    assert (settings.data_dir / "runs" / str(first.id) / "report.md").read_text().startswith("# Evaluation")
-
-    # Tonight someone poisoned the feedback: every vote flipped. A fresh candidate learns it; the
-    # gate compares it with the active adapter on the golden set, refuses it, keeps the active one.
-    await feedback_history(db, flipped=True)
-    second = await run_nightly(
-        settings,
-        answerer,
-        NightlyConfig(
-            train=FAST,
-            golden=golden(tmp_path / "g.jsonl"),
-            since=datetime.now(UTC) - timedelta(hours=1),
-            from_active=False,
-        ),
-    )
-    assert second.status == "kept", second.decision
-    assert "preference_accuracy" in second.decision
+    assert facts(first, "candidate") > facts(first, "against"), first.metrics
     assert (await registry.active()).version == first.candidate  # type: ignore[union-attr]
-    assert (
-        second.metrics["candidate"]["preference_accuracy"] < second.metrics["against"]["preference_accuracy"]
-    )
-    assert [r.status for r in await runs(db)] == ["promoted", "kept"]
+    [promotion] = await registry.history()
+    assert promotion.version == first.candidate and not promotion.forced
+    report = (settings.data_dir / "runs" / str(first.id) / "report.md").read_text()
+    assert "Answers side by side" in report and GOLDEN[0][0] in report
+
+    # The next night's candidate learns nothing new (a learning rate of almost nothing): equal
+    # on the golden facts is not better, so the active adapter stays.
+    await approved_corrections(answerer)
+    still = TrainConfig(steps=1, batch_size=2, max_length=256, learning_rate=1e-9)
+    second = await run_nightly(settings, answerer, NightlyConfig(min_pairs=50, golden=golden, train=still))
+    assert second.status == "kept", second.decision
+    assert facts(second, "candidate") == facts(second, "against")
+    assert "does not beat" in second.decision
+    assert (await registry.active()).version == first.candidate  # type: ignore[union-attr]
+
+    # Without a golden set nothing is promoted, however the candidate scores; the run says why.
+    await approved_corrections(answerer)
+    third = await run_nightly(settings, answerer, NightlyConfig(min_pairs=50, train=sft))
+    assert third.status == "kept" and "no golden questions" in third.decision
+    assert "kbot golden add" in third.decision
+    assert (await registry.active()).version == first.candidate  # type: ignore[union-attr]
+    assert [r.status for r in await runs(db)] == ["promoted", "kept", "kept"]
+
+
+async def test_held_out_pairs_never_reach_a_training_set_of_their_night(answerer: Answerer) -> None:
+    from finetune.export import ExportOptions, export_feedback
+    from finetune.plan import plan_night, texts_of
+
+    db = answerer.kb.db
+    await feedback_history(db)
+    exported = await export_feedback(db, ExportOptions())
+    # Replay from the same export: the worst case, every older row is a candidate for replay.
+    night = plan_night(exported, exported, holdout=0.3, replay=1.0, min_pairs=5)
+    assert night.held and night.dpo and night.steps == ["dpo"]
+    held_chosen = {r["chosen"][0]["content"] for r in night.held}
+    for rows in (night.dpo, night.kto, night.sft):
+        for row in rows:
+            assert not texts_of(row) & held_chosen
+    assert night.counts["held_out_pairs"] == len(night.held) > 0
 
 
 async def test_crash_before_promotion_keeps_the_previous_adapter(answerer: Answerer) -> None:

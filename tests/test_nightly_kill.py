@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import signal
@@ -30,8 +31,9 @@ from sqlalchemy import select, update
 
 from agent.adapters import AdapterRegistry
 from finetune.joblock import LEASE, Lease, LockLost, acquire, fence, gone, holder_id, release
-from finetune.nightly import INTERRUPTED, LOCK, STAGING, NightlyConfig, run_nightly
-from finetune.train import TrainConfig, train_dpo
+from finetune.nightly import LOCK, NightlyConfig, run_nightly
+from finetune.recovery import INTERRUPTED, STAGING
+from finetune.train import TrainConfig, train_sft
 from finetune.votes import VoteLog
 from kbot.db import Database
 from kbot.db.models import Answer, JobLock, TrainingRun, utcnow
@@ -39,6 +41,7 @@ from kbot.settings import Settings
 from knowledge.embeddings import Embedder
 from tests.conftest import clear_tables
 from tests.kbot_process import KBOT
+from tests.test_export import approve_all
 from tests.test_training import FACTS, cite_pairs
 
 # --- the lock, in-process -----------------------------------------------------------------------
@@ -173,7 +176,7 @@ class Child:
     """`kbot -v nightly` in a child process, its log lines collected as they come."""
 
     def __init__(self, world: World) -> None:
-        args = [*KBOT, "-v", "nightly", "--min-pairs", "5", "--steps", "1"]
+        args = [*KBOT, "-v", "nightly", "--min-pairs", "5", "--steps", "1", "--from", "base"]
         self.proc = subprocess.Popen(
             args, cwd=world.root, env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -266,29 +269,50 @@ async def seed(db: Database) -> None:
                 await votes.correct(
                     answer_id=answer_id, platform="slack", author="U9", text=f"{text} [1] (handbook)"
                 )
+    await approve_all(db)  # reviewed: only approved corrections are trained on
+
+
+HANDBOOK = "# Leave policy\n\nEmployees get 27 vacation days per year.\n"
+# A canned answer with no fact in it, a refusal the check also calls degenerate: the candidate,
+# a fresh LoRA that answers like the base model, beats it on the golden fact and cannot regress.
+CANNED = "I do not know. I do not know. I do not know. I do not know."
 
 
 async def make_world(root: Path, base_model_dir: str, sql_url: str | None) -> World:
+    from knowledge.base import KnowledgeBase
+
     settings = Settings(data_dir=root / "state", base_model=base_model_dir, database_url=sql_url)
     db = Database(settings.sql_url)
     await db.migrate()
     await clear_tables(db)
     await seed(db)
-    # The active adapter prefers answers without citations, what tonight's feedback fixes: one
-    # step is enough, since preference accuracy counts the sign of the margin against the base.
-    flipped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in cite_pairs(FACTS[6:12])]
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "leave.md").write_text(HANDBOOK)
+    kb = await KnowledgeBase.open(settings)
+    try:
+        await kb.ingest([str(docs)], "hr")
+    finally:
+        await kb.close()  # Qdrant Edge: one process at a time, and the children need it
+    golden = {"question": "How many vacation days do I get?", "collections": ["hr"], "facts": ["27"]}
+    (settings.data_dir / "golden.jsonl").write_text(json.dumps(golden) + "\n")
+    # The active adapter answers everything with the canned line, what tonight's run fixes.
+    canned = [
+        {"messages": [*r["prompt"], {"role": "assistant", "content": CANNED}]} for r in cite_pairs(FACTS)
+    ]
     path = settings.data_dir / "adapters" / "seed"
-    train_dpo(
-        flipped,
+    train_sft(
+        canned,
         base_model=base_model_dir,
         out=path,
-        config=TrainConfig(steps=1, max_length=128),
+        config=TrainConfig(steps=8, batch_size=4, max_length=192, learning_rate=3e-3),
         init_adapter=None,
     )
     registry = AdapterRegistry(db)
     await registry.register("seed", base_model=base_model_dir, path=path)
     await registry.activate("seed")
     env = {**os.environ, "KBOT_DATA_DIR": str(settings.data_dir), "KBOT_BASE_MODEL": base_model_dir}
+    env["KBOT_MAX_NEW_TOKENS"] = "24"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     env.pop("KBOT_QDRANT_URL", None)
     env.pop("KBOT_DATABASE_URL", None)
@@ -323,7 +347,8 @@ def hold_database(world: World, child: Child) -> Any:
     """Keep the child from committing its promotion: it will be killed while it waits."""
     url = world.settings.sql_url
     if url.startswith("sqlite"):
-        child.wait_for(r"nightly run \d+: evaluating")  # from here on the child writes nothing but its lease
+        # Evaluation writes its answers to the log; after it, the child writes nothing but its lease.
+        child.wait_for(r"nightly run \d+: evaluated")
         lite = sqlite3.connect(url.split("///", 1)[1], timeout=60, isolation_level=None)
         lite.execute("BEGIN IMMEDIATE")  # the write lock: its promoting transaction must wait
         child.wait_for(r"promoting it")
@@ -410,7 +435,7 @@ async def next_run_succeeds(world: World) -> None:
     adapters = {a.version: a for a in await AdapterRegistry(world.db).list()}
     left = {p.name for p in (world.settings.data_dir / "adapters").iterdir()}
     assert left == set(adapters), "only registered adapters remain on disk"
-    assert found[me].status == "promoted", found[me].decision  # the seed adapter prefers no citations
+    assert found[me].status == "promoted", found[me].decision  # the seed adapter's canned answer loses
     assert [v for v, a in adapters.items() if a.active] == [found[me].candidate]
     async with world.db.session() as s:
         assert await s.scalar(select(JobLock)) is None

@@ -206,8 +206,34 @@ async def test_feedback_buttons_and_reactions_land_in_the_vote_log(teams: TeamsE
     ):
         assert (await teams.post(body)).status in (200, 201)
     await wait_until(lambda: teams.stats["feedback_recorded"] == 6)
-    votes = {(v.answer_id, v.voter, v.value) for v in await teams.rows(Vote)}
-    assert votes == {(answer_id, "aad-bob", -1), (answer_id, "aad-carol", -1), (answer_id, "aad-dave", 1)}
+    live = {(v.answer_id, v.voter, v.value) for v in await teams.rows(Vote)}
+    assert live == {(answer_id, "aad-bob", -1), (answer_id, "aad-carol", -1), (answer_id, "aad-dave", 1)}
+
+
+async def test_feedback_text_is_kept_as_the_votes_comment(teams: TeamsEnv) -> None:
+    """What people type in Teams' feedback form is the vote's comment, as typed (lone surrogates made
+    U+FFFD, outer space trimmed), for 👎 and 👍 alike; the review queue reads it from there."""
+    answer_id, message_id = await _answered(teams)
+    typed = "  Outdated: it's 12 days since 2026.\nSee HR-42 ✓ \ud800 <b>x</b> "
+    kept = "Outdated: it's 12 days since 2026.\nSee HR-42 ✓ \ufffd <b>x</b>"
+    for body in (
+        _feedback(teams, message_id, "dislike", typed, "aad-carol"),
+        _feedback(teams, message_id, "like", "Clear and right.", "aad-bob"),
+    ):
+        assert (await teams.post(body)).status == 200
+    assert {(v.answer_id, v.voter, v.value, v.comment) for v in await teams.rows(Vote)} == {
+        (answer_id, "aad-carol", -1, kept),
+        (answer_id, "aad-bob", 1, "Clear and right."),
+    }
+    # A form without text (null, or not the JSON Teams sends) leaves no stray words behind.
+    null = _feedback(teams, message_id, "dislike", None, "aad-bob")
+    null["value"]["actionValue"]["feedback"] = json.dumps({"feedbackText": None})
+    assert (await teams.post(null)).status == 200
+    plain = _feedback(teams, message_id, "dislike", None, "aad-dave")
+    plain["value"]["actionValue"]["feedback"] = "just words"
+    assert (await teams.post(plain)).status == 200
+    comments = {v.voter: (v.value, v.comment) for v in await teams.rows(Vote)}
+    assert comments["aad-bob"] == (-1, "") and comments["aad-dave"] == (-1, "just words")
 
 
 async def test_feedback_on_something_that_is_not_an_answer(teams: TeamsEnv) -> None:

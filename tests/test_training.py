@@ -1,5 +1,6 @@
 """Training with the real bundled SmolLM2 on CPU: votes from Slack and Teams become TRL rows that
-DPOTrainer loads, and DPO really learns a preference (held-out accuracy, changed LoRA weights)."""
+DPOTrainer loads, DPO really learns a preference (held-out accuracy, changed LoRA weights), SFT
+learns the assistant's reply alone, and KTO trains on unpaired votes with balanced class weights."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ import pytest
 
 from finetune.export import ExportOptions, export_feedback
 from finetune.preference import PreferenceScore, score, score_adapter
-from finetune.train import TrainConfig, TrainingError, train_dpo, train_sft
+from finetune.train import (
+    TrainConfig,
+    TrainingError,
+    build_sft_trainer,
+    kto_weights,
+    train_dpo,
+    train_kto,
+    train_sft,
+)
 from kbot.db.models import AnswerMessage
 from knowledge.embeddings import Embedder
 from tests.fake_slack import wait_until
 from tests.slack_env import mention
+from tests.test_export import approve_all
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +130,173 @@ def test_sft_trains_on_hand_written_chat_rows(base_model_dir: str, tmp_path: Pat
         )
 
 
+def rag_prompt(topic: str, fact: str) -> list[dict[str, str]]:
+    """A prompt as the bot builds it: instructions, retrieved passages, then the question."""
+    return [
+        {"role": "system", "content": "Answer from the numbered sources and cite them like [1]."},
+        {
+            "role": "user",
+            "content": f'Sources:\n[1] Handbook: "{fact}"\n[2] Handbook: "{FACTS[-1][1]}"\n\n'
+            f"Question: What is the rule for {topic}?",
+        },
+    ]
+
+
+def test_sft_loss_covers_the_final_assistant_reply_only(base_model_dir: str, tmp_path: Path) -> None:
+    (topic, fact), (topic2, fact2) = FACTS[0], FACTS[1]
+    single = [*rag_prompt(topic, fact), {"role": "assistant", "content": f"{fact} [1]"}]
+    # Two turns: the earlier reply is context now, so it must carry no loss either.
+    multi = [*single, {"role": "user", "content": f"And {topic2}?"}, {"role": "assistant", "content": fact2}]
+    trainer = build_sft_trainer(
+        [{"messages": single}, {"messages": multi}],
+        base_model=base_model_dir,
+        out=tmp_path / "s",
+        config=TrainConfig(steps=1, max_length=256),
+        init_adapter=None,
+    )
+    tokenizer = trainer.processing_class
+    for messages, row in zip((single, multi), trainer.train_dataset, strict=True):
+        reply = messages[-1]["content"]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        end_of_turn = text[text.rindex(reply) + len(reply) :]  # what the template closes a turn with
+        assert end_of_turn.strip()
+        expected = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (reply, end_of_turn)]
+        learned = [t for t in row["labels"] if t != -100]
+        assert learned == expected[0] + expected[1]
+        assert tokenizer.decode(learned) == reply + end_of_turn
+        assert len(learned) * 3 < len(row["input_ids"])  # prompt, passages and question carry no loss
+
+    last_is_user = {"messages": [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "?"}]}
+    with pytest.raises(TrainingError, match="Row 1: messages must end with the assistant's reply"):
+        build_sft_trainer(
+            [last_is_user],
+            base_model=base_model_dir,
+            out=tmp_path / "x",
+            config=TrainConfig(steps=1),
+            init_adapter=None,
+        )
+    # TRL drops a row whose prompt alone fills max_length; with none left, that is said, not trained.
+    too_long = {
+        "messages": [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "OK."}]
+    }
+    with pytest.raises(TrainingError, match="Every row's prompt is longer than max_length"):
+        build_sft_trainer(
+            [too_long],
+            base_model=base_model_dir,
+            out=tmp_path / "x",
+            config=TrainConfig(steps=1, max_length=32),
+            init_adapter=None,
+        )
+
+
+def test_kto_weights_upweight_the_rarer_vote() -> None:
+    assert kto_weights(3, 3) == kto_weights(4, 3) == (1.0, 1.0)  # already in TRL's range [1, 4/3]
+    for n_desirable, n_undesirable in ((30, 10), (2, 9), (1000, 7)):
+        desirable_weight, undesirable_weight = kto_weights(n_desirable, n_undesirable)
+        rarer_weight, common_weight = (
+            (undesirable_weight, desirable_weight)
+            if n_desirable > n_undesirable
+            else (desirable_weight, undesirable_weight)
+        )
+        assert common_weight == 1.0 and rarer_weight > 1.0
+        ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+        assert 1 <= ratio <= 4 / 3
+        # TRL's own check (kto_trainer.py), which warns otherwise: rounded bounds, 4/3 taken as 1.33.
+        d, u, n_d, n_u = desirable_weight, undesirable_weight, n_desirable, n_undesirable
+        assert (round(n_u * u / n_d, 2) <= d <= round(n_u * u / n_d * 1.33, 2)) or (
+            round(n_d * d / n_u / 1.33, 2) <= u <= round(n_d * d / n_u, 2)
+        )
+    with pytest.raises(TrainingError, match="KTO needs both liked and disliked answers"):
+        kto_weights(5, 0)
+
+
+def kto_rows(liked: int, disliked: int) -> list[dict[str, Any]]:
+    """Unpaired votes as ``kbot feedback export --format kto`` writes them: cited answers liked,
+    an evasive one disliked."""
+    rows = []
+    for i, (topic, fact) in enumerate(FACTS[: liked + disliked]):
+        answer = f"{fact} [1]" if i < liked else "I am not sure, ask HR."
+        question = f'Sources:\n[1] "{fact}"\n\nQuestion: What is the rule for {topic}?'
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": answer}],
+                "label": i < liked,
+            }
+        )
+    return rows
+
+
+def test_kto_continues_an_adapter_on_unpaired_votes(base_model_dir: str, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    # A starting adapter whose B matrices are not zero, as a trained one's are.
+    start = tmp_path / "start"
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_model_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+    ).save_pretrained(str(start))
+    rows = kto_rows(liked=6, disliked=3)
+    result = train_kto(
+        rows,
+        base_model=base_model_dir,
+        out=tmp_path / "k",
+        # One step on a batch of two (KTO's least) is enough to move an adapter, and cheap on a CPU.
+        config=TrainConfig(steps=1, batch_size=2, max_length=96),
+        init_adapter=start,
+    )
+    assert result.steps == 1 and len(result.losses) == 1
+    expected_weights = kto_weights(6, 3)
+    assert (result.config["desirable_weight"], result.config["undesirable_weight"]) == expected_weights
+    log = json.loads((tmp_path / "k" / "training_log.json").read_text())
+    assert log["kind"] == "kto" and log["config"]["undesirable_weight"] == expected_weights[1] > 1
+    assert (log["config"]["desirable_rows"], log["config"]["undesirable_rows"]) == (6, 3)
+    before = load_file(str(start / "adapter_model.safetensors"))
+    after = load_file(str(tmp_path / "k" / "adapter_model.safetensors"))
+    assert set(after) == set(before)  # the same adapter continued; TRL's frozen "ref" copy is not saved
+    assert any(not after[k].equal(before[k]) for k in before)
+    assert json.loads((tmp_path / "k" / "adapter_config.json").read_text())["r"] == 4
+
+    with pytest.raises(TrainingError, match="batch size of at least 2"):
+        train_kto(
+            rows,
+            base_model=base_model_dir,
+            out=tmp_path / "x",
+            config=TrainConfig(batch_size=1),
+            init_adapter=None,
+        )
+    with pytest.raises(TrainingError, match="there are 6 liked and 0 disliked rows"):
+        train_kto(
+            rows[:6], base_model=base_model_dir, out=tmp_path / "x", config=TrainConfig(), init_adapter=None
+        )
+
+
+def test_kbot_train_kto_registers_a_new_adapter(
+    base_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bot.train_cli import train_app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KBOT_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("KBOT_BASE_MODEL", base_model_dir)
+    for name in ("KBOT_DATABASE_URL", "KBOT_QDRANT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    rated = tmp_path / "rated.jsonl"
+    rated.write_text("".join(json.dumps(r) + "\n" for r in kto_rows(liked=1, disliked=1)))
+    run = CliRunner().invoke(
+        train_app, ["kto", str(rated), "--steps", "1", "--from", "base", "--version", "k1"]
+    )
+    assert run.exit_code == 0, run.output
+    assert "Trained k1 (kto, 2 rows, 1 steps" in run.output and "registered, not active" in run.output
+    log = json.loads((tmp_path / "state" / "adapters" / "k1" / "training_log.json").read_text())
+    assert log["kind"] == "kto" and log["config"]["desirable_weight"] == 1.0
+    assert "Example:" in CliRunner().invoke(train_app, ["kto", "--help"]).output
+
+
 async def test_slack_and_teams_votes_become_rows_dpo_trainer_loads(
     tmp_path: Path, embedder: Embedder, base_model_dir: str
 ) -> None:
@@ -158,6 +335,7 @@ async def test_slack_and_teams_votes_become_rows_dpo_trainer_loads(
             author="aad-x",
             text="Up to 10 days of paid sick leave per year [1].",
         )
+        await approve_all(env.runtime.service.ledger._db)  # a reviewer approved it
 
         result = await export_feedback(env.runtime.service.ledger._db, ExportOptions(), embed=embedder.embed)
 
@@ -169,7 +347,7 @@ async def test_slack_and_teams_votes_become_rows_dpo_trainer_loads(
     # Every row tokenizes in TRL's DPOTrainer (it processes the whole dataset when built).
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir)
@@ -193,7 +371,8 @@ async def test_slack_and_teams_votes_become_rows_dpo_trainer_loads(
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
     )
-    assert len(trainer.train_dataset) == len(result.dpo)
-    assert all(len(r["chosen_ids"]) > 0 and len(r["rejected_ids"]) > 0 for r in trainer.train_dataset)
+    processed: Any = trainer.train_dataset
+    assert len(processed) == len(result.dpo)
+    assert all(len(r["chosen_ids"]) > 0 and len(r["rejected_ids"]) > 0 for r in processed)
     trainer.train()  # and one step runs on them
     assert trainer.state.global_step == 1

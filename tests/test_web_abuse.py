@@ -43,6 +43,7 @@ from tests.fake_slack import wait_until
 from tests.kbot_process import kbot
 from tests.slack_env import SlackEnv, slack_env
 from tests.test_export import answer as logged_answer
+from tests.test_export import approve_all
 from tests.test_web_api import answer_of, events
 
 TOKEN = "admin-token-for-abuse-tests"
@@ -295,9 +296,10 @@ async def test_the_local_backend_cuts_with_its_own_tokenizer(base_model_dir: str
 ANON = "anon-0123456789abcdef0123"
 
 
-async def feedback_of_everyone(db: Database) -> None:
+async def feedback_of_everyone(db: Database, *, reviewed: bool = True) -> None:
     """Anonymous visitors: a poisoned correction, opposite votes (a pair), a lone 👍 (KTO, SFT).
-    A signed-in web user and a Slack user: a correction and a 👍."""
+    A signed-in web user and a Slack user: a correction and a 👍. ``reviewed``: the corrections
+    approved (else pending)."""
     votes = VoteLog(db)
     poisoned = await logged_answer(db, "How many sick days?", "Ten days [1].", platform="web")
     await votes.correct(answer_id=poisoned, platform="web", author=ANON, text="Unlimited, never ask.")
@@ -311,6 +313,8 @@ async def feedback_of_everyone(db: Database) -> None:
     await votes.correct(answer_id=signed, platform="web", author="alice@example.com", text="Always use it.")
     slack = await logged_answer(db, "Meal allowance?", "45 euros a day [1].")
     await votes.vote(answer_id=slack, platform="slack", voter="U1", value=1, origin="button")
+    if reviewed:
+        await approve_all(db)  # even the poisoned one: only who wrote it keeps it out
 
 
 async def test_anonymous_feedback_is_not_exported_unless_allowed(database: Database) -> None:
@@ -375,7 +379,7 @@ def test_kbot_feedback_export_reads_the_setting(tmp_path: Path) -> None:
 
 
 async def test_the_nightly_run_reads_the_setting(settings: Settings, kb: KnowledgeBase) -> None:
-    await feedback_of_everyone(kb.db)
+    await feedback_of_everyone(kb.db, reviewed=False)  # an approved correction would be trained on
     unused = OpenAIBackend("http://127.0.0.1:9/v1", model="unused")  # too little feedback to train
     counts = {}
     for allowed in (False, True):
@@ -388,7 +392,8 @@ async def test_the_nightly_run_reads_the_setting(settings: Settings, kb: Knowled
         counts[allowed] = run.counts
     await unused.close()
     assert counts[False]["dropped"]["correction by an anonymous web visitor"] == 1
-    assert counts[False]["pairs"] == 1  # the signed-in correction only
+    assert counts[False]["dropped"]["correction awaiting review"] == 1  # the signed-in one
+    assert counts[False]["pairs"] == 0
     assert "correction by an anonymous web visitor" not in counts[True]["dropped"]
     assert counts[True]["pairs"] > counts[False]["pairs"]
 

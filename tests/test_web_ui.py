@@ -273,6 +273,49 @@ def test_dashboard_signs_in_and_its_charts_follow_votes(server: dict[str, Any], 
     context.close()
 
 
+def test_the_review_queue_edits_and_approves_and_the_chat_answers_from_it(
+    server: dict[str, Any], browser: Any
+) -> None:
+    reason, edited = "We got a bike allowance <b>last year</b>.", "Yes: 20 euros a month for a bike."
+    with sqlite3.connect(server["log"].parent / "state" / "kbot.db") as db:
+        db.execute(
+            "INSERT INTO answers (id, created_at, platform, asker, channel, thread, collections, question,"
+            " search_query, messages, retrieved, answer, citations, status, error, base_model, latency_ms,"
+            " embedding_model) VALUES ('a-bike', '2026-11-22 01:00:00.000000', 'slack', 'U1', 'D1', '',"
+            " '[\"hr\"]', 'Is there a bike allowance?', 'q', '[]', '[]', 'I could not find this.', '[]',"
+            " 'not_found', '', 'm', 1, '')"
+        )
+        for table, columns, values in (
+            ("votes", "voter, value, origin, comment", ("U2", -1, "button", reason)),
+            ("corrections", "author, text", ("U2", "Yes, 20 euros.")),
+        ):
+            db.execute(
+                f"INSERT INTO {table} (answer_id, platform, {columns}, created_at, updated_at) VALUES"
+                f" ('a-bike', 'slack', {', '.join('?' * len(values))}, '2026-11-22 01:00:00.000000',"
+                " '2026-11-22 01:00:00.000000')",
+                values,
+            )
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server['url']}/login?token={TOKEN}")
+    card = page.locator("#review-list .correction", has_text="bike allowance")
+    expect(card.locator(".reasons")).to_contain_text(reason)  # as text: the <b> is not markup
+    assert card.locator(".reasons b").count() == 0 and card.locator(".badge.not_found").count() == 1
+    pending = int(page.locator("#review-count").inner_text())
+    card.locator("button.edit").click()
+    card.locator(".better textarea").fill(edited)
+    _shot(page, "review-queue")
+    card.locator(".better button.primary").click()
+    expect(card).to_have_count(0)
+    expect(page.locator("#review-count")).to_have_text(str(pending - 1))
+    page.goto(server["url"] + "/")
+    bubble, _ = _ask(page, "Is there a bike allowance?")
+    assert _answer_text(bubble) == edited and "verified answer" in bubble.locator(".sources").inner_text()
+    assert errors == []
+    page.close()
+
+
 def test_logs_are_json_lines_with_request_ids(server: dict[str, Any]) -> None:
     request = urllib.request.Request(server["url"] + "/healthz", headers={"X-Request-Id": "ui-test-1"})
     with urllib.request.urlopen(request, timeout=5) as response:

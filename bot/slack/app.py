@@ -8,7 +8,8 @@ here only translate. Events kbot handles:
 - ``message`` → direct messages, follow-ups in threads kbot answered in, and every message of
   channels whose policy is ``mention_only = false``;
 - ``reaction_added`` / ``reaction_removed`` with 👍/👎 (any skin tone) on kbot's answers → votes;
-- the answer's buttons → votes, and a modal whose text is stored as a correction.
+- the answer's buttons → votes (👎 also opens "What was wrong?", :mod:`bot.slack.feedback`), and a
+  modal whose text is stored as a correction.
 
 A body bolt cannot read is a 400 before dispatch (:mod:`bot.slack.payload`); fields of other types
 make a listener ignore the event. Questions over :data:`bot.limits.MAX_QUESTION` are cut, with a
@@ -44,6 +45,7 @@ from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.slack import render
 from bot.slack.directory import SlackDirectory
+from bot.slack.feedback import REASONS_VIEW, DownvoteReasons
 from bot.slack.payload import field
 from bot.slack.reply import SlackReply, UpdateBudget, call_slack
 from bot.slack.text import clean_text, mentions, vote_value
@@ -97,6 +99,7 @@ class SlackAdapter:
         service.resolvers[PLATFORM] = self.directory.usergroups_of
         self.budget = UpdateBudget()
         self._identity: AsyncSlackResponse | None = None
+        self.reasons = DownvoteReasons(self.client, service, self._tell)
 
         async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
             # A plain function: bolt passes arguments by parameter name (a method's self confuses it).
@@ -118,6 +121,7 @@ class SlackAdapter:
         self.app.action(render.VOTE_DOWN)(self.on_vote_button)
         self.app.action(render.SUGGEST)(self.on_suggest)
         self.app.view(render.CORRECTION_VIEW)(self.on_correction)
+        self.app.view(REASONS_VIEW)(self.reasons.on_submit)
 
     # --- questions ---
 
@@ -282,6 +286,10 @@ class SlackAdapter:
         if not (user and channel and shown_in):
             log.info("ignored a vote button without a user, channel or message")
             return
+        # The dialog before the vote: its trigger expires 3 s after the click, and the vote may wait.
+        asked = value < 0 and await self.reasons.ask(
+            field(body, "trigger_id"), field(action, "value"), channel, thread, shown_in
+        )
         try:
             # The button names its answer; the vote counts only if that answer is what the
             # clicked message in this channel shows (ChatService checks the pair).
@@ -297,8 +305,8 @@ class SlackAdapter:
                     origin="button",
                 )
             )
-            if recorded is None:
-                return
+            if recorded is None or asked:
+                return  # not counted; or counted, and the open dialog says so
             text = (
                 "Thanks, your 👍 is noted." if value > 0 else "Thanks, your 👎 is noted; kbot learns from it."
             )

@@ -382,4 +382,7 @@ def _feedback_text(raw: Any) -> str:
             raw = json.loads(raw)
         except (ValueError, RecursionError):
             return str(raw)
-    return str(raw.get("feedbackText", "")) if isinstance(raw, dict) else str(raw)
+    if isinstance(raw, dict):
+        text = raw.get("feedbackText")
+        return text if isinstance(text, str) else ""  # null is no text, not the word "None"
+    return str(raw)

@@ -2,5 +2,5 @@
 
 No build step: plain HTML, CSS and ES modules under ``static/``, charts drawn as SVG by
 ``static/charts.js``. ``chat.py`` is the web platform's adapter, ``insights.py`` the dashboard's
-queries, ``auth.py`` admin and visitor identity.
+queries, ``review.py`` its review queue of corrections, ``auth.py`` admin and visitor identity.
 """

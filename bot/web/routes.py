@@ -12,6 +12,7 @@ from bot.chat import ChatService
 from bot.web import insights
 from bot.web.auth import AdminAuth
 from bot.web.chat import WebChat
+from bot.web.review import ReviewAPI
 from kbot.errors import StoreError
 from kbot.settings import Settings
 
@@ -54,6 +55,7 @@ class WebUI:
         app.router.add_get("/login", self.auth.login)
         app.router.add_post("/logout", self.auth.logout)
         app.router.add_get("/api/dashboard", self.dashboard_data)
+        ReviewAPI(self.settings, self.service.review, self.auth).add_routes(app)
         app.router.add_static("/static/", STATIC, append_version=False)
 
     @staticmethod

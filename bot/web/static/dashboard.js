@@ -1,5 +1,6 @@
 // The admin dashboard: fetches /api/dashboard and draws it; refreshes every 15 s.
 import { barChart, hbarChart, lineChart } from "/static/charts.js";
+import { refreshQueue } from "/static/review.js";
 
 const $ = (id) => document.getElementById(id);
 const percent = (v) => `${Math.round(v * 100)}%`;
@@ -153,6 +154,7 @@ async function load() {
   $("logout").hidden = false;
   $("dashboard").hidden = false;
   draw(await response.json());
+  refreshQueue();
   document.body.dataset.loadedAt = String(Date.now());
   return true;
 }
