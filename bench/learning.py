@@ -4,11 +4,11 @@ on documents nobody asked about?
 A generated handbook (bench/learning_data.py: short policy documents in English and Traditional
 Chinese, three numbers in each) is split into documents employees ask about and held-out ones.
 Each night, simulated employees ask through ``ChatService`` (the path Slack, Teams and the web
-chat share; one of two wordings per fact, drawn per night) and vote on what they are shown: 👍
+chat share; every asked fact in two wordings) and vote on what they are shown: 👍
 when it states the fact, else 👎 and, for a share of those, a correction (the document's
 sentence). A noisy rater flips some votes; one night is poisoned outright: its votes reward
 wrong numbers and its corrections state them. Then the real nightly run: export → plan → train
-→ gate on a golden set (the third wording of the asked facts, never asked by anyone) → promote
+→ gate on a golden set (a third wording of one fact per asked document, never asked by anyone) → promote
 or keep.
 
 Per night, on the held-out questions: the model's own-text accuracy (``grounding=off``: the
@@ -102,14 +102,16 @@ async def measure(answerer: Answerer, facts: list[Fact]) -> Scores:
 async def night(
     service: ChatService, facts: list[Fact], rng: random.Random, *, poisoned: bool, args: argparse.Namespace
 ) -> dict[str, int]:
-    """Employees ask about every asked fact once and vote on what they see."""
+    """Employees ask about every asked fact (in one or two wordings) and vote on what they see."""
     tally = {"asked": 0, "up": 0, "down": 0, "corrections": 0, "right": 0}
-    for i, f in enumerate(facts):
+    asks = [(f, q) for f in facts for q in (f.questions[0], f.questions[2])[: args.wordings]]
+    rng.shuffle(asks)
+    for i, (f, text) in enumerate(asks):
         person = f"employee-{rng.randrange(args.people)}"
         reply = Shown()
         message = IncomingMessage(
             platform="web", key=f"bench-{uuid.uuid4()}", user=person, channel=person, thread="",
-            text=rng.choice((f.questions[0], f.questions[2])), addressed=True, private=True,
+            text=text, addressed=True, private=True,
         )  # fmt: skip
         await service.handle(message, reply)
         result = reply.result
@@ -140,12 +142,11 @@ def _number(fact: str) -> str:
 
 
 def golden_set(path: Path, docs: list[Document]) -> int:
-    """The second wording of two facts of every asked document: nobody asks it that way, the
-    gate does (two, not three, to keep the gate's time per night down)."""
+    """The second wording of one fact of every asked document: nobody asks it that way, the gate
+    does (one per document, to keep the gate's time per night down)."""
     for d in docs:
-        for f in d.facts[:2]:
-            add_golden(path, f.questions[1], [COLLECTION], [f.fact])
-    return 2 * len(docs)
+        add_golden(path, d.facts[0].questions[1], [COLLECTION], [d.facts[0].fact])
+    return len(docs)
 
 
 def _row(label: str, s: Scores, decision: str, per_row: str) -> str:
@@ -266,12 +267,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--zh-docs", type=int, default=6)
     p.add_argument("--held-out", type=float, default=0.34, help="Share of documents nobody asks about.")
     p.add_argument("--people", type=int, default=12)
+    p.add_argument("--wordings", type=int, default=2, choices=(1, 2), help="Wordings asked per fact a night.")
     p.add_argument("--noise", type=float, default=0.1, help="Share of votes a noisy rater flips.")
     p.add_argument("--corrections", type=float, default=0.5, help="Share of 👎 that come with a correction.")
     p.add_argument("--min-pairs", type=int, default=8)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--sources", type=int, default=2)
     return p.parse_args()
 

@@ -20,6 +20,7 @@ the cause while users read the sentence.
     │   └── AdapterError            a LoRA adapter is unknown, missing or does not fit the base model
     ├── ChatError                   a chat platform (Slack, Teams) refused or failed a call
     └── FeedbackError               feedback names an answer kbot does not know, or is malformed
+        └── StaleReview             a correction changed after the reviewer saw it
 """
 
 from __future__ import annotations

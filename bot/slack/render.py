@@ -172,7 +172,7 @@ def correction_modal(answer_id: str, channel: str, thread: str, message: str) ->
                 },
                 "hint": {
                     "type": "plain_text",
-                    "text": "kbot learns from corrections in its nightly training.",
+                    "text": "Once approved by a reviewer, kbot answers with it and learns from it.",
                 },
             }
         ],

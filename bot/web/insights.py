@@ -216,6 +216,8 @@ def _run(run: TrainingRun) -> dict[str, Any]:
         "seconds": run.seconds,
         "counts": run.counts,
         "metrics": run.metrics,
+        "plan": (run.inputs or {}).get("plan", []),
+        "why": (run.inputs or {}).get("why", ""),
     }
 
 

@@ -110,7 +110,7 @@ function feedbackControls(answerId) {
     try {
       await postJSON("/api/feedback", { answer_id: answerId, kind: "correction", text: text.value });
       box.hidden = true;
-      status.textContent = "Thanks — your answer will teach kbot.";
+      status.textContent = "Thanks — once a reviewer approves it, kbot answers with it and learns from it.";
     } catch (error) {
       status.textContent = `Not saved: ${error.message}`;
     }

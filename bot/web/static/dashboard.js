@@ -115,8 +115,8 @@ function draw(data) {
   lineChart($("chart-runs"), {
     labels: runs.map((r) => `#${r.id}`), max: 1, format: percent, emptyText: "No evaluated nightly runs yet.",
     series: [
-      { name: "candidate", points: runs.map((r) => [`#${r.id}`, r.metrics.candidate.preference_accuracy ?? 0]) },
-      { name: "active", points: runs.map((r) => [`#${r.id}`, r.metrics.against?.preference_accuracy ?? 0]) },
+      { name: "candidate", points: runs.map((r) => [`#${r.id}`, gateScore(r.metrics.candidate)]) },
+      { name: "active", points: runs.map((r) => [`#${r.id}`, gateScore(r.metrics.against)]) },
     ],
   });
   lineChart($("chart-loss"), {
@@ -131,9 +131,14 @@ function draw(data) {
   ], data.gaps, "None: every question found an answer.");
   table($("runs"), [
     ["#", (r) => r.id], ["Started", (r) => r.started_at], ["Status", (r) => badge(r.status)],
-    ["Candidate", (r) => r.candidate], ["Pairs", (r) => r.counts?.train_pairs ?? r.counts?.pairs ?? ""],
-    ["Decision", (r) => r.decision || r.error],
+    ["Candidate", (r) => r.candidate], ["Trained", (r) => (r.plan || []).join(" → ").toUpperCase()],
+    ["Why", (r) => r.why || ""], ["Decision", (r) => r.decision || r.error],
   ], data.runs, "No nightly runs yet (kbot nightly).");
+}
+
+// The gate's own measure (golden facts in the model's own text); older runs had only preferences.
+function gateScore(m) {
+  return m?.fact_hit_rate ?? m?.preference_accuracy ?? 0;
 }
 
 async function load() {
