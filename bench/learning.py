@@ -106,12 +106,12 @@ async def night(
     tally = {"asked": 0, "up": 0, "down": 0, "corrections": 0, "right": 0}
     asks = [(f, q) for f in facts for q in (f.questions[0], f.questions[2])[: args.wordings]]
     rng.shuffle(asks)
-    for i, (f, text) in enumerate(asks):
+    for i, (f, asked) in enumerate(asks):
         person = f"employee-{rng.randrange(args.people)}"
         reply = Shown()
         message = IncomingMessage(
             platform="web", key=f"bench-{uuid.uuid4()}", user=person, channel=person, thread="",
-            text=text, addressed=True, private=True,
+            text=asked, addressed=True, private=True,
         )  # fmt: skip
         await service.handle(message, reply)
         result = reply.result
