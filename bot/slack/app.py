@@ -21,6 +21,7 @@ Bot scopes: ``app_mentions:read``, ``chat:write``, ``im:history``, ``channels:hi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Literal
@@ -286,33 +287,31 @@ class SlackAdapter:
         if not (user and channel and shown_in):
             log.info("ignored a vote button without a user, channel or message")
             return
-        # The dialog before the vote: its trigger expires 3 s after the click, and the vote may wait.
-        asked = value < 0 and await self.reasons.ask(
-            field(body, "trigger_id"), field(action, "value"), channel, thread, shown_in
-        )
-        try:
-            # The button names its answer; the vote counts only if that answer is what the
-            # clicked message in this channel shows (ChatService checks the pair).
-            recorded = await self.service.feedback(
-                FeedbackEvent(
-                    platform=PLATFORM,
-                    user=user,
-                    kind="vote",
-                    answer_id=field(action, "value"),
-                    channel=channel,
-                    message_id=shown_in,
-                    value=value,
-                    origin="button",
-                )
-            )
-            if recorded is None or asked:
-                return  # not counted; or counted, and the open dialog says so
-            text = (
-                "Thanks, your 👍 is noted." if value > 0 else "Thanks, your 👎 is noted; kbot learns from it."
-            )
-        except KbotError as exc:
-            text = f"Sorry, I could not record your vote: {exc}"
-        await self._tell(channel, user, thread, text)
+        # The button names its answer; the vote counts only if that answer is what the clicked
+        # message in this channel shows (ChatService checks the pair).
+        vote = FeedbackEvent(
+            platform=PLATFORM, user=user, kind="vote", answer_id=field(action, "value"), channel=channel,
+            message_id=shown_in, value=value, origin="button",
+        )  # fmt: skip
+
+        async def record() -> str | None:
+            try:
+                return "" if await self.service.feedback(vote) is None else None
+            except KbotError as exc:
+                return f"Sorry, I could not record your vote: {exc}"
+
+        # Both at once: the vote takes its turn among the person's feedback first (so a later
+        # click stays the last word), while the dialog opens within its trigger's 3 s.
+        if value < 0:
+            trigger = field(body, "trigger_id")
+            dialog = self.reasons.ask(trigger, vote.answer_id or "", channel, thread, shown_in)
+            failed, asked = await asyncio.gather(record(), dialog)
+        else:
+            failed, asked = await record(), False
+        if failed == "" or (failed is None and asked):
+            return  # not counted; or counted, and the open dialog says so
+        thanks = "Thanks, your 👍 is noted." if value > 0 else "Thanks, your 👎 is noted."
+        await self._tell(channel, user, thread, failed or thanks)
 
     async def on_suggest(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
