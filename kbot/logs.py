@@ -76,9 +76,10 @@ def configure(verbosity: int) -> None:
     logging.basicConfig(level=level, format=TEXT_FORMAT, stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(TextFormatter(TEXT_FORMAT))
-    if verbosity < 3:
-        for name, quiet in PAYLOAD_LOGGERS.items():
-            logging.getLogger(name).setLevel(max(level, quiet))
+    # Set both ways: a process may configure again (the CLI run in-process, a test) and -vvv
+    # must then show what an earlier, quieter setting hid.
+    for name, quiet in PAYLOAD_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(level, quiet) if verbosity < 3 else logging.NOTSET)
 
 
 def use_format(fmt: Literal["text", "json"]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,9 +256,28 @@ def cli(sql_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def kbot(*args: str) -> Any:
+    """The CLI in this process; the logging set-up it does (`kbot -v…`) is undone after it, so
+    the tests that read log lines later see the process as it was."""
     from bot.cli import app
 
-    return CliRunner().invoke(app, list(args))
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    saved = [(lg, lg.level, lg.handlers[:], lg.disabled) for lg in loggers]
+    formatters = [(h, h.formatter, h.filters[:]) for lg in loggers for h in lg.handlers]
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        known = {id(lg) for lg in loggers}
+        for name in list(logging.Logger.manager.loggerDict):  # made during the call: as if never set
+            made = logging.getLogger(name)
+            if id(made) not in known:
+                made.setLevel(logging.NOTSET)
+        for lg, level, handlers, disabled in saved:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+            lg.disabled = disabled
+        for handler, formatter, filters in formatters:
+            handler.setFormatter(formatter)
+            handler.filters[:] = filters
 
 
 def gate_of(db: Database, version: str) -> dict[str, Any]:

@@ -347,8 +347,9 @@ def hold_database(world: World, child: Child) -> Any:
     """Keep the child from committing its promotion: it will be killed while it waits."""
     url = world.settings.sql_url
     if url.startswith("sqlite"):
-        # Evaluation writes its answers to the log; after it, the child writes nothing but its lease.
-        child.wait_for(r"nightly run \d+: evaluated")
+        # From here on the child writes only its lease and the evaluation's answer log, which it
+        # lets go when the store is busy (the report keeps those answers).
+        child.wait_for(r"nightly run \d+: evaluating")
         lite = sqlite3.connect(url.split("///", 1)[1], timeout=60, isolation_level=None)
         lite.execute("BEGIN IMMEDIATE")  # the write lock: its promoting transaction must wait
         child.wait_for(r"promoting it")
