@@ -22,7 +22,6 @@ Bot scopes: ``app_mentions:read``, ``chat:write``, ``im:history``, ``channels:hi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Literal
 
@@ -47,7 +46,7 @@ from bot.limits import limit_question
 from bot.slack import render
 from bot.slack.directory import SlackDirectory
 from bot.slack.feedback import REASONS_VIEW, DownvoteReasons
-from bot.slack.payload import field
+from bot.slack.payload import field, modal_metadata
 from bot.slack.reply import SlackReply, UpdateBudget, call_slack
 from bot.slack.text import clean_text, mentions, vote_value
 from kbot.errors import ConfigError, KbotError
@@ -334,10 +333,7 @@ class SlackAdapter:
             return
         # Ack now: Slack gives the modal 3 s, and a busy database must not turn into an error page.
         await ack()
-        try:  # kbot's own modal wrote it; anything else is not worth more than a log line
-            meta = json.loads(field(view, "private_metadata") or "{}")
-        except (ValueError, RecursionError):
-            meta = {}
+        meta = modal_metadata(view)
         user = field(body, "user", "id")
         if not user:
             log.warning("ignored a correction without a user")

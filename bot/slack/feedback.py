@@ -24,7 +24,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import ChatService, FeedbackEvent
-from bot.slack.payload import field
+from bot.slack.payload import field, modal_metadata
 from bot.slack.reply import call_slack
 from kbot.errors import KbotError
 
@@ -143,10 +143,7 @@ class DownvoteReasons:
         # Ack (and close the dialog) first: Slack gives a submission 3 s, a busy database may take longer.
         await ack()
         comment = read_reasons(view)
-        try:  # kbot's own modal wrote it; anything else is not worth more than a log line
-            meta = json.loads(field(view, "private_metadata") or "{}")
-        except (ValueError, RecursionError):
-            meta = {}
+        meta = modal_metadata(view)
         user, channel, thread = field(body, "user", "id"), field(meta, "channel"), field(meta, "thread")
         answer_id, message = field(meta, "answer_id"), field(meta, "message")
         if not comment:

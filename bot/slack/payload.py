@@ -9,6 +9,7 @@ The listeners read every other field through :func:`field`, which never fails.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -35,3 +36,13 @@ def field(data: object, *path: str) -> str:
             return ""
         data = data.get(key)
     return data if isinstance(data, str) else ""
+
+
+def modal_metadata(view: object) -> dict[str, Any]:
+    """The ``private_metadata`` kbot's own modal wrote, as a dict; anything else (garbage, a
+    list, nesting deep enough to blow the parser) is an empty dict, read field by field after."""
+    try:
+        meta = json.loads(field(view, "private_metadata") or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
