@@ -141,12 +141,14 @@ def _number(fact: str) -> str:
     return "".join(ch for ch in fact if ch.isdigit())
 
 
-def golden_set(path: Path, docs: list[Document]) -> int:
-    """The second wording of one fact of every asked document: nobody asks it that way, the gate
-    does (one per document, to keep the gate's time per night down)."""
-    for d in docs:
-        add_golden(path, d.facts[0].questions[1], [COLLECTION], [d.facts[0].fact])
-    return len(docs)
+def golden_set(path: Path, docs: list[Document], per_doc: int) -> int:
+    """The second wording of ``per_doc`` facts of every asked document: nobody asks it that way,
+    the gate does. Fewer is faster and a coarser judge: with one per document (12 questions) a
+    poisoned night once passed on one question's difference."""
+    golden = [f for d in docs for f in d.facts[:per_doc]]
+    for f in golden:
+        add_golden(path, f.questions[1], [COLLECTION], [f.fact])
+    return len(golden)
 
 
 def _row(label: str, s: Scores, decision: str, per_row: str) -> str:
@@ -181,7 +183,7 @@ async def main(args: argparse.Namespace) -> None:
         service = ChatService(settings, answerer, ChatLedger(answerer.kb.db), VoteLog(answerer.kb.db))
         try:
             await answerer.kb.ingest([str(root / "docs")], COLLECTION)
-            golden = golden_set(settings.data_dir / "golden.jsonl", asked)
+            golden = golden_set(settings.data_dir / "golden.jsonl", asked, args.golden_per_doc)
             print(
                 f"handbook: {len(docs)} documents ({len(asked)} asked: {len(asked_facts)} facts; "
                 f"{len(held)} held out: {len(held_facts)} facts); golden set {golden} questions",
@@ -270,6 +272,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--wordings", type=int, default=2, choices=(1, 2), help="Wordings asked per fact a night.")
     p.add_argument("--noise", type=float, default=0.1, help="Share of votes a noisy rater flips.")
     p.add_argument("--corrections", type=float, default=0.5, help="Share of 👎 that come with a correction.")
+    p.add_argument("--golden-per-doc", type=int, default=2, help="Golden questions per asked document.")
     p.add_argument("--min-pairs", type=int, default=8)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--max-length", type=int, default=512)

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.numbers import Quantity, fold, quantities
 from agent.prompts import build_messages
 from agent.verified_reply import as_hit
 from finetune.feedback_load import (
@@ -71,6 +72,8 @@ from knowledge.verified import VerifiedAnswer
 __all__ = [
     "ANONYMOUS_PREFIX",
     "FORMATS",
+    "OVERRULED_RULE",
+    "UNSUPPORTED_UP",
     "VERIFIED_RULE",
     "Embed",
     "Export",
@@ -78,6 +81,7 @@ __all__ = [
     "Rated",
     "build",
     "export_feedback",
+    "foreign_numbers",
     "is_anonymous",
     "load",
     "normalise",
@@ -86,6 +90,9 @@ __all__ = [
 Embed = Callable[[Sequence[str]], np.ndarray]
 FORMATS = ("dpo", "kto", "sft")
 VERIFIED_RULE = "correction of a not-found answer (SFT)"  # Export.made's key for those rows
+# Export.made's key for a correction that states a number its answer's sources do not hold.
+OVERRULED_RULE = "correction overruling its sources (SFT from its verified answer, no pair)"
+UNSUPPORTED_UP = "👍 on an answer that states a number its sources do not hold"  # Export.dropped's
 
 
 @dataclass
@@ -137,6 +144,18 @@ def verified_prompt(answer: Answer, correction: Correction, system_prompt: str) 
     ]
 
 
+def foreign_numbers(text: str, prompt: list[dict[str, str]]) -> list[Quantity]:
+    """The quantities ``text`` states that nothing the model was shown (``prompt``: sources,
+    question, history) holds, in any notation (:mod:`agent.numbers`).
+
+    Why it matters: a preferred text teaches the model to say what it says *given that prompt*.
+    A number the prompt does not hold teaches it to contradict or outrun its sources — the one
+    habit a grounded bot must not learn, whoever voted for it. Poisoned or mistaken feedback
+    mostly looks like this (the right sentence, one number changed)."""
+    shown = quantities(fold("\n".join(m["content"] for m in prompt if m["role"] != "assistant")))
+    return [q for q in quantities(fold(text)) if not any(q.matches(s) for s in shown)]
+
+
 def build(
     rated: dict[str, Rated],
     corrections: list[Correction],
@@ -145,10 +164,12 @@ def build(
     embed_model: str = "",
 ) -> Export:
     out = Export()
-    # Corrections of "not found" answers: the model wrote nothing there, so there is no pair.
-    verified = [(c, a) for c in corrections if not_found(a := rated[c.answer_id].answer)]
-    corrected = [c for c in corrections if not not_found(rated[c.answer_id].answer)]
+    verified, corrected, overruled = _split(rated, corrections)
     good = {i: r for i, r in rated.items() if r.votes and r.score >= options.min_votes}
+    doubtful = {i for i, r in good.items() if foreign_numbers(r.answer.answer, r.answer.messages)}
+    if doubtful:
+        out.dropped[UNSUPPORTED_UP] += len(doubtful)
+    good = {i: r for i, r in good.items() if i not in doubtful}
     bad = {i: r for i, r in rated.items() if r.votes and r.score <= -options.min_votes}
     out.dropped["answer whose votes cancel out or are too few"] += sum(
         1 for r in rated.values() if r.votes and -options.min_votes < r.score < options.min_votes
@@ -186,12 +207,14 @@ def build(
     out.made["unpaired vote (KTO)"] = len(out.kto)
     for c in corrected:
         out.sft.append({"messages": [*rated[c.answer_id].answer.messages, *_assistant(corrected_text(c))]})
-    for c, a in verified:
+    for c, a in verified + overruled:
         out.sft.append(
             {"messages": [*verified_prompt(a, c, options.system_prompt), *_assistant(corrected_text(c))]}
         )
     if verified:
         out.made[VERIFIED_RULE] = len(verified)
+    if overruled:
+        out.made[OVERRULED_RULE] = len(overruled)
     for answer_id in sorted(good):
         a = good[answer_id].answer
         out.sft.append({"messages": [*a.messages, *_assistant(a.answer)]})
@@ -202,6 +225,28 @@ def build(
 
 
 Pair = tuple[str, dict[str, Any], str, str]  # (rule, row, chosen id, rejected id)
+Corrected = list[tuple[Correction, Answer]]
+
+
+def _split(
+    rated: dict[str, Rated], corrections: list[Correction]
+) -> tuple[Corrected, list[Correction], Corrected]:
+    """(corrections of "not found" answers, the ones that pair with their answer, the ones that
+    overrule their answer's sources)."""
+    verified: Corrected = []
+    corrected: list[Correction] = []
+    overruled: Corrected = []
+    for c in corrections:
+        a = rated[c.answer_id].answer
+        if not_found(a):  # the model wrote nothing there, so there is no pair
+            verified.append((c, a))
+        elif foreign_numbers(corrected_text(c), a.messages):
+            # It may be right (the document is out of date) or poison; either way the model must
+            # not learn to overrule its sources. It is served, and trained, as a verified answer.
+            overruled.append((c, a))
+        else:
+            corrected.append(c)
+    return verified, corrected, overruled
 
 
 def _vote_pairs(groups: list[list[Answer]], good: set[str]) -> list[Pair]:

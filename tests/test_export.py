@@ -6,12 +6,28 @@ import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from finetune.export import ExportOptions, export_feedback
+from finetune.export import OVERRULED_RULE, UNSUPPORTED_UP, ExportOptions, export_feedback
 from finetune.votes import VoteLog
 from kbot.db import Database
 from kbot.db.models import Answer, Correction
 
 _clock = itertools.count()
+# What the answers' prompts retrieved: every number the tests' answers and corrections state
+# (export drops preferred texts that state a number their prompt does not hold).
+HANDBOOK = (
+    "Sick leave: ten days a year, 10 days of paid sick leave per year, 12 days after five years. "
+    "Parental leave: 16 weeks. "
+    "Vacation: 20 days. Meals: 45 euros a day. Hotels: 150 euros, 200 euros in capitals. "
+    "Gym: 30 euros. Level 2 earns 70,000; level 3 earns 72,000. Questions 0 to 3."
+)
+
+
+def prompt(question: str, source: str = HANDBOOK) -> list[dict[str, str]]:
+    """As agent.prompts.build_messages lays it out: the sources and the question last."""
+    return [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": f'Sources:\n[1] hr.md: "{source}"\n\nQuestion: {question}'},
+    ]
 
 
 async def approve_all(db: Database) -> None:
@@ -36,6 +52,7 @@ async def answer(
     restricted: bool | None = False,
     generated: str | None = None,
     grounding: dict[str, object] | None = None,
+    source: str = HANDBOOK,
 ) -> str:
     answer_id = str(uuid.uuid4())
     async with db.session() as s:
@@ -50,10 +67,7 @@ async def answer(
                 collections=["hr"],
                 question=question,
                 search_query=question,
-                messages=[
-                    {"role": "system", "content": "sys"},
-                    {"role": "user", "content": f"Q: {question}"},
-                ],
+                messages=prompt(question, source),
                 retrieved=[{"chunk_id": c, "score": 1.0, "source": "hr.md", "used": True} for c in chunks],
                 answer=text,
                 citations=[],
@@ -96,10 +110,8 @@ async def test_each_pair_rule_and_its_prompt(database: Database) -> None:
         ("45 euros a day [1].", "No idea."),
     }
     by_chosen = {r["chosen"][0]["content"]: r for r in result.dpo}
-    assert (
-        by_chosen["16 weeks [1]."]["prompt"][-1]["content"] == "Q: How long is parental leave?"
-    )  # the 👍 one's
-    assert by_chosen["45 euros a day [1]."]["prompt"][-1]["content"] == "Q: Meal allowance?"
+    assert by_chosen["16 weeks [1]."]["prompt"] == prompt("How long is parental leave?")  # the 👍 one's
+    assert by_chosen["45 euros a day [1]."]["prompt"] == prompt("Meal allowance?")
     assert result.made["correction"] == 1 and result.made["same question, opposite votes"] == 1
     assert result.made["regenerated in the thread"] == 1
     assert result.kto == []  # every rated answer is in a pair
@@ -272,10 +284,7 @@ async def test_extractive_answer_voted_good_beats_the_rejected_draft(database: D
     assert texts(result.dpo) == {(QUOTE, DRAFT)}
     (row,) = result.dpo
     assert set(row) == {"prompt", "chosen", "rejected"}  # TRL's DPO format, nothing more
-    assert row["prompt"] == [
-        {"role": "system", "content": "sys"},
-        {"role": "user", "content": "Q: Sick leave?"},
-    ]
+    assert row["prompt"] == prompt("Sick leave?")
     assert row["chosen"] == [{"role": "assistant", "content": QUOTE}]
     assert row["rejected"] == [{"role": "assistant", "content": DRAFT}]
     assert result.made["grounding"] == 1 and "made by grounding: 1" in result.summary()
@@ -334,3 +343,39 @@ async def test_grounding_pairs_follow_the_export_rules(database: Database) -> No
     allowed = await export_feedback(database, ExportOptions(train_on_anonymous=True))
     assert texts(allowed.dpo) == {("20 days [1].", "Ask HR."), (QUOTE, DRAFT)}
     assert allowed.made["grounding"] == 2
+
+
+async def test_a_preferred_text_must_hold_to_its_sources_numbers(database: Database) -> None:
+    """Poisoned or mistaken feedback looks like the right sentence with one number changed: it
+    must not teach the model to overrule its sources. Notation does not matter (ten = 10 = 十)."""
+    votes = VoteLog(database)
+    source = "Sick leave is 10 days a year. Parking is free."
+    # 👍 on an answer whose number the sources do not hold: no chosen side, no KTO, no SFT row.
+    made_up = await answer(database, "Sick leave?", "Fifteen days a year [1].", source=source)
+    shy = await answer(database, "Sick leave?", "I do not know.", source=source)
+    await votes.vote(answer_id=made_up, platform="slack", voter="U2", value=1, origin="button")
+    await votes.vote(answer_id=shy, platform="slack", voter="U3", value=-1, origin="button")
+    # The same fact in other notations is supported.
+    english = await answer(database, "How much sick leave?", "Ten days a year [1].", source=source)
+    chinese = await answer(database, "病假幾天？", "每年十天病假 [1]。", source=source)
+    for liked in (english, chinese):
+        await votes.vote(answer_id=liked, platform="slack", voter="U4", value=1, origin="button")
+    # A correction that changes the number: served and trained as a verified answer, never a pair.
+    poisoned = await answer(database, "Sick days per year?", "Ten days [1].", source=source)
+    await votes.correct(answer_id=poisoned, platform="slack", author="U5", text="Twelve days a year.")
+    await approve_all(database)
+
+    result = await export_feedback(database, ExportOptions())
+    taught = str([*result.dpo, *result.kto, *[r["messages"][-1] for r in result.sft]])
+    assert "Fifteen" not in taught
+    assert result.dropped[UNSUPPORTED_UP] == 1 and UNSUPPORTED_UP in result.summary()
+    assert result.dpo == []  # no pair prefers a text that overrules its sources
+    assert sorted(r["completion"][0]["content"] for r in result.kto) == [
+        "I do not know.", "Ten days a year [1].", "每年十天病假 [1]。",
+    ]  # fmt: skip
+    (verified,) = [r["messages"] for r in result.sft if r["messages"][-1]["content"] == "Twelve days a year."]
+    assert "verified answer" in verified[-2]["content"] and source not in verified[-2]["content"]
+    assert result.made[OVERRULED_RULE] == 1
+    assert {r["messages"][-1]["content"] for r in result.sft} == {
+        "Ten days a year [1].", "每年十天病假 [1]。", "Twelve days a year.",
+    }  # fmt: skip

@@ -59,6 +59,19 @@ def every_row(result: Any) -> str:
     return str([result.rows(fmt) for fmt in FORMATS])
 
 
+def taught(result: Any) -> str:
+    """What the rows teach: their assistant turns (their prompts hold the retrieved handbook)."""
+    turns = [
+        m["content"]
+        for fmt in FORMATS
+        for row in result.rows(fmt)
+        for key in ("chosen", "rejected", "completion", "messages")
+        for m in row.get(key, ())
+        if m["role"] == "assistant"
+    ]
+    return str(turns)
+
+
 async def corrected(kb: KnowledgeBase, question: str, shown: str, text: str, **kwargs: Any) -> int:
     answer_id = await answer(kb.db, question, shown, **kwargs)
     written = await VoteLog(kb.db).correct(answer_id=answer_id, platform="slack", author="U2", text=text)
@@ -107,7 +120,7 @@ async def test_only_approved_corrections_are_trained_on_and_answered_from(store:
     await review.reject(as_written, "U0")
     assert await found(store, "How long is parental leave?") is None
     again = await export_feedback(store.db, ExportOptions())
-    assert "16 weeks" not in every_row(again) and again.dropped["rejected correction"] == 2
+    assert "16 weeks" not in taught(again) and again.dropped["rejected correction"] == 2
     assert await review.approve(pending + 1000, "U0") is None  # no such correction
 
 

@@ -320,6 +320,14 @@ def test_logs_are_json_lines_with_request_ids(server: dict[str, Any]) -> None:
     request = urllib.request.Request(server["url"] + "/healthz", headers={"X-Request-Id": "ui-test-1"})
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.headers["X-Request-Id"] == "ui-test-1"
+    # One question of its own (not one the browser tests asked: they skip without Chromium).
+    body = json.dumps({"id": "logs-q-1", "conversation": "logs-c-1", "text": "How many vacation days?"})
+    ask = urllib.request.Request(
+        server["url"] + "/api/chat", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(ask, timeout=120) as response:
+        streamed = response.read().decode()
+    assert "event: answer" in streamed and '"outcome": "answered"' in streamed
     lines = [line for line in server["log"].read_text().splitlines() if line.startswith("{")]
     entries = [json.loads(line) for line in lines]
     assert entries and all({"ts", "level", "logger", "msg"} <= e.keys() for e in entries)
