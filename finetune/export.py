@@ -24,6 +24,11 @@ rejected the model's draft and showed a cited extractive answer instead, a 👍 
 the shown answer (chosen) with the draft (rejected): ``finetune.grounding_pairs``, rule
 ``grounding``. A rejected draft is never a chosen side, nor a KTO or SFT completion.
 
+A preferred text must hold to its sources' numbers (:func:`foreign_numbers`): a 👍 answer that
+states a quantity nothing in its prompt holds is no chosen side, KTO or SFT row (dropped,
+``UNSUPPORTED_UP``), and a correction that does is trained as an SFT row from its verified answer
+(``OVERRULED_RULE``), never as a pair against the answer it corrects.
+
 An answer's rating is the sum of its live votes, after each person's votes beyond
 ``max_votes_per_user`` (their oldest first kept) are set aside, so that one person cannot steer
 the model; it is *good* at ``+min_votes`` or more and *bad* at ``-min_votes`` or less. Answers
