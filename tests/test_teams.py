@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from kbot.db.models import Answer, AnswerMessage, Vote
+from kbot.db.models import Answer, AnswerMessage, Correction, Vote
 from knowledge.embeddings import Embedder
 from tests.fake_slack import wait_until
 from tests.fake_teams import (
@@ -123,7 +123,7 @@ async def test_direct_message_is_answered_with_citations_and_the_feedback_loop(t
     assert typing, "a typing indicator while working"
     [answer] = teams.connector.messages()
     assert answer["text"].startswith("Sick leave is 10 days per year [1]")
-    assert answer["channelData"] == {"feedbackLoopEnabled": True}
+    assert answer["channelData"] == {"feedbackLoop": {"type": "custom"}}  # never with the legacy flag
     [entity] = answer["entities"]
     assert entity["additionalType"] == ["AIGeneratedContent"]
     [claim] = entity["citation"]
@@ -236,11 +236,70 @@ async def test_feedback_text_is_kept_as_the_votes_comment(teams: TeamsEnv) -> No
     assert comments["aad-bob"] == (-1, "") and comments["aad-dave"] == (-1, "just words")
 
 
+def _click(teams: TeamsEnv, reply_to: str, reaction: str, user: str) -> dict[str, Any]:
+    """A click on Teams' 👍/👎 under a message with the custom feedback loop."""
+    return teams.activity(
+        type="invoke",
+        name="message/fetchTask",
+        replyToId=reply_to,
+        value={"data": {"actionName": "feedback", "actionValue": {"reaction": reaction}}},
+        **{"from": {"id": f"29:{user}", "name": user, "aadObjectId": user}},
+    )
+
+
+async def test_a_click_is_a_vote_and_opens_kbots_dialog_whose_answers_reach_the_review_queue(
+    teams: TeamsEnv,
+) -> None:
+    answer_id, message_id = await _answered(teams)
+    clicked = await teams.post(_click(teams, message_id, "dislike", "aad-carol"))
+    assert clicked.status == 200
+    # Recorded before the dialog is filled in: closing it loses nothing.
+    assert {(v.voter, v.value, v.comment) for v in await teams.rows(Vote)} == {("aad-carol", -1, "")}
+    task = (await clicked.json())["task"]
+    assert task["type"] == "continue" and task["value"]["title"] == "What was wrong?"
+    card = task["value"]["card"]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    inputs = {b["id"]: b for b in card["content"]["body"] if b["type"].startswith("Input.")}
+    assert set(inputs) == {"reasons", "feedbackText", "better"}
+    assert inputs["reasons"]["isMultiSelect"] is True
+    assert [c["value"] for c in inputs["reasons"]["choices"]][:2] == ["wrong_facts", "off_topic"]
+    assert card["content"]["actions"] == [{"type": "Action.Submit", "title": "Send"}]
+    # 👍 asks only what was good.
+    liked = await teams.post(_click(teams, message_id, "like", "aad-bob"))
+    good = (await liked.json())["task"]["value"]["card"]["content"]["body"]
+    assert [b["id"] for b in good if b["type"].startswith("Input.")] == ["feedbackText"]
+
+    # Submitted: Teams sends the card's inputs as a JSON string.
+    form = {
+        "reasons": "missing_info,wrong_facts,forged",
+        "feedbackText": " it changed ",
+        "better": "12 days.",
+    }
+    submitted = _feedback(teams, message_id, "dislike", None, "aad-carol")
+    submitted["value"]["actionValue"]["feedback"] = json.dumps(form)
+    assert (await teams.post(submitted)).status == 200
+    votes = {(v.voter, v.value, v.comment) for v in await teams.rows(Vote)}
+    assert votes == {
+        (
+            "aad-carol",
+            -1,
+            "Wrong or outdated facts; Missing information; it changed",
+        ),  # kbot's own values only
+        ("aad-bob", 1, ""),
+    }
+    [correction] = await teams.rows(Correction)
+    assert (correction.answer_id, correction.author, correction.text) == (answer_id, "aad-carol", "12 days.")
+    assert correction.status == "pending"  # KBOT_CORRECTIONS=review: it waits in the queue
+
+
 async def test_feedback_on_something_that_is_not_an_answer(teams: TeamsEnv) -> None:
     unknown = await teams.post(_feedback(teams, "1234", "like", None, "aad-bob"))
     assert unknown.status == 404
     malformed = teams.activity(type="invoke", name="message/submitAction", replyToId="1234", value={"x": 1})
     assert (await teams.post(malformed)).status == 400
+    assert (await teams.post(_click(teams, "1234", "dislike", "aad-bob"))).status == 404
+    odd = _click(teams, "1234", "meh", "aad-bob")
+    assert (await teams.post(odd)).status == 400
     assert await teams.rows(Vote) == []
 
 

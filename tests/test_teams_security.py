@@ -434,13 +434,13 @@ async def test_a_failing_key_endpoint_is_asked_rarely_and_good_keys_stay(
 
 
 async def test_invokes_kbot_does_not_offer_are_not_errors(tmp_path: Path, embedder: Embedder) -> None:
-    """Message extensions, cards, dialogs: acknowledged (200) with nothing; a card action without a
-    value was a 500, the others botbuilder's 501."""
+    """Message extensions, cards, other dialogs (kbot's one is the feedback dialog, test_teams):
+    acknowledged (200) with nothing; a card action without a value was a 500, the others
+    botbuilder's 501."""
     invokes: list[tuple[str | None, Any]] = [
         ("composeExtension/query", {"commandId": "search", "parameters": [{"name": "q", "value": "x"}]}),
         ("adaptiveCard/action", {"action": {"type": "Action.Execute", "verb": "x", "data": {}}}),
         ("adaptiveCard/action", None),
-        ("message/fetchTask", {"actionName": "feedback", "actionValue": {"reaction": "like"}}),
         ("task/fetch", {"data": {}}),
         ("signin/verifyState", {"state": "1"}),
         (None, {}),

@@ -24,6 +24,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import ChatService, FeedbackEvent
+from bot.reasons import MAX_DETAIL, REASONS, comment
 from bot.slack.payload import field, modal_metadata
 from bot.slack.reply import call_slack
 from kbot.errors import KbotError
@@ -35,16 +36,6 @@ REASONS_BLOCK = "reasons"
 REASONS_INPUT = "choices"
 DETAIL_BLOCK = "detail"
 DETAIL_INPUT = "text"
-MAX_DETAIL = 2000  # the text box's limit; a longer forged value is cut to it
-# value → label, in the order they are shown and stored; the values never change (stored labels may).
-REASONS = {
-    "wrong_facts": "Wrong or outdated facts",
-    "off_topic": "Didn't answer my question",
-    "missing_info": "Missing information",
-    "wrong_sources": "Wrong sources",
-    "other": "Other",
-}
-
 Tell = Callable[[str, str, str | None, str], Awaitable[None]]
 
 
@@ -99,12 +90,9 @@ def reasons_modal(answer_id: str, channel: str, thread: str, message: str) -> di
 def read_reasons(view: dict[str, Any]) -> str:
     """The comment a submitted dialog amounts to; "" when nothing was chosen or written.
 
-    Only kbot's own option values count (anything else a payload carries is dropped), each once,
-    in :data:`REASONS`' order; the text is cut to :data:`MAX_DETAIL`."""
-    chosen = {field(option, "value") for option in _selected_options(view)}
-    labels = [label for value, label in REASONS.items() if value in chosen]
-    detail = field(view, "state", "values", DETAIL_BLOCK, DETAIL_INPUT, "value").strip()[:MAX_DETAIL]
-    return "; ".join([*labels, *([detail] if detail else [])])
+    As :func:`bot.reasons.comment` makes it from the ticked boxes and the text."""
+    chosen = [field(option, "value") for option in _selected_options(view)]
+    return comment(chosen, field(view, "state", "values", DETAIL_BLOCK, DETAIL_INPUT, "value"))
 
 
 def _selected_options(view: dict[str, Any]) -> list[Any]:

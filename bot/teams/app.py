@@ -17,10 +17,11 @@ Activities kbot handles:
 - ``message`` in a personal chat, or mentioning kbot in a channel or group chat → a question
   (mention stripped), answered in the same conversation (a channel thread's id carries the
   thread, so the answer lands there);
-- ``invoke`` ``message/submitAction`` with ``actionName: "feedback"`` (Teams' 👍/👎 buttons,
-  shown because answers set ``feedbackLoopEnabled``) → a vote with its optional text as comment;
+- ``invoke`` ``message/fetchTask`` and ``message/submitAction`` with ``actionName: "feedback"``
+  (Teams' 👍/👎 buttons with kbot's own dialog, :mod:`bot.teams.feedback`) → a vote, then its
+  reasons as the vote's comment and a better answer as a correction;
 - ``messageReaction`` added/removed on kbot's answers → votes (like, heart: +1; sad, angry: -1);
-- any other invoke → 200 and nothing else (kbot offers no message extensions, cards or dialogs).
+- any other invoke → 200 and nothing else (kbot offers no message extensions or other dialogs).
 
 A body that is not an activity, or an activity without the parts a reply needs (conversation,
 sender, recipient, service URL), is a 400 before botbuilder sees it. A question longer than
@@ -50,7 +51,7 @@ from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 
 from bot.chat import ChatService, FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
-from bot.teams import keys
+from bot.teams import feedback, keys
 from bot.teams.guard import is_loopback_url, refuse_both_modes, refuse_web_pages
 from bot.teams.reply import TeamsReply
 from kbot.errors import ChatError, ConfigError, KbotError, public_reason
@@ -214,6 +215,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
     def __init__(self, adapter: TeamsAdapter) -> None:
         self._adapter = adapter
         self._service = adapter.service
+        self._feedback = feedback.TeamsFeedback(adapter.service, adapter.person)
 
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
@@ -261,7 +263,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             value = REACTION_VOTES.get(str(reaction.type))
             if value is None or not activity.reply_to_id:
                 continue
-            feedback = FeedbackEvent(
+            event = FeedbackEvent(
                 platform=PLATFORM,
                 user=self._adapter.person(activity.from_property),
                 kind="vote" if added else "unvote",
@@ -272,7 +274,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
                 key=f"{PLATFORM}:event:{activity.id}:{reaction.type}",
             )
             try:
-                await self._service.feedback(feedback)
+                await self._service.feedback(event)
             except KbotError as exc:
                 log.error("could not record a Teams reaction: %s", exc)
                 await turn_context.send_activity(
@@ -281,38 +283,11 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
         activity = turn_context.activity
-        if activity.name != "message/submitAction":
+        if activity.name not in (feedback.FETCH, feedback.SUBMIT):
             # Message extensions, cards, dialogs: kbot offers none. Acknowledged with nothing, where
             # botbuilder's fallback answered 501, or 500 for a card action without a value.
             return InvokeResponse(status=200)
-        value: Any = activity.value if isinstance(activity.value, dict) else {}
-        action: Any = value.get("actionValue") if isinstance(value.get("actionValue"), dict) else {}
-        reaction = action.get("reaction")
-        if (
-            value.get("actionName") != "feedback"
-            or reaction not in ("like", "dislike")
-            or not activity.reply_to_id
-        ):
-            return InvokeResponse(status=400)
-        try:
-            answer_id = await self._service.feedback(
-                FeedbackEvent(
-                    platform=PLATFORM,
-                    user=self._adapter.person(activity.from_property),
-                    kind="vote",
-                    channel=conversation_channel(activity.conversation.id),
-                    message_id=activity.reply_to_id,
-                    value=1 if reaction == "like" else -1,
-                    origin="feedback",
-                    text=_feedback_text(action.get("feedback")),
-                )
-            )
-        except KbotError as exc:
-            log.error("could not record Teams feedback: %s", exc)
-            return InvokeResponse(status=500)
-        if answer_id is None:
-            return InvokeResponse(status=404)
-        return InvokeResponse(status=200)
+        return await self._feedback.invoke(activity, conversation_channel(activity.conversation.id))
 
 
 def _missing(activity: Activity) -> str | None:
@@ -371,18 +346,3 @@ def _channel_data_id(activity: Activity, key: str) -> str | None:
 def _tenant(activity: Activity) -> str | None:
     tenant = _channel_data_id(activity, "tenant") or activity.conversation.tenant_id
     return str(tenant) if tenant else None
-
-
-def _feedback_text(raw: Any) -> str:
-    """Teams sends the feedback form as a JSON string ``{"feedbackText": "..."}``."""
-    if not raw:
-        return ""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except (ValueError, RecursionError):
-            return str(raw)
-    if isinstance(raw, dict):
-        text = raw.get("feedbackText")
-        return text if isinstance(text, str) else ""  # null is no text, not the word "None"
-    return str(raw)

@@ -2,8 +2,9 @@
 
 Teams shows ``[n]`` in the text as a citation whose pop-up comes from the ``Message`` entity's
 ``citation`` list (``appearance.name`` ≤ 80 characters, ``abstract`` ≤ 160); the entity's
-``AIGeneratedContent`` marks the message as AI-written. ``channelData.feedbackLoopEnabled`` adds
-Teams' own 👍/👎 buttons, whose clicks arrive as a ``message/submitAction`` invoke.
+``AIGeneratedContent`` marks the message as AI-written. ``channelData.feedbackLoop`` of type
+``custom`` adds Teams' 👍/👎 buttons with kbot's own dialog (:mod:`bot.teams.feedback`); the legacy
+``feedbackLoopEnabled`` is never sent with it (Teams rejects an activity that sets both).
 """
 
 from __future__ import annotations
@@ -84,5 +85,5 @@ def answer_activity(
     if result.citations:
         activity.entities = [citation_entity(result.citations, links)]
     if result.status != "error":
-        activity.channel_data = {"feedbackLoopEnabled": True}
+        activity.channel_data = {"feedbackLoop": {"type": "custom"}}
     return activity
