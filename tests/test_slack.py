@@ -257,7 +257,7 @@ async def test_long_answer_is_split_into_messages_in_the_thread(tmp_path: Path, 
         assert all(p.params["thread_ts"] == "1700000000.000042" for p in posted)
         shown = [env.final(p.params["_ts"]) or p.params for p in posted]
         assert all(len(m["text"]) <= render.PART_LIMIT for m in shown)
-        assert render.VOTE_UP in blocks_text(shown[-1]) and render.VOTE_UP not in blocks_text(shown[0])
+        assert render.FEEDBACK in blocks_text(shown[-1]) and render.FEEDBACK not in blocks_text(shown[0])
         assert "Sentence 0 " in shown[0]["text"] and "Sentence 149 " in shown[-1]["text"]
         [answer] = await rows(env, Answer)
         assert {m.message_id for m in await rows(env, AnswerMessage)} == {p.params["_ts"] for p in posted}
@@ -270,7 +270,7 @@ async def test_model_failure_posts_an_error_in_the_thread(tmp_path: Path, embedd
         await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
         final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
         assert final["text"].startswith("Sorry, I could not answer this right now")
-        assert render.VOTE_UP not in blocks_text(final)  # no feedback buttons on an error
+        assert render.FEEDBACK not in blocks_text(final)  # no feedback buttons on an error
         [answer] = await rows(env, Answer)
         assert answer.status == "error"
 
@@ -316,7 +316,16 @@ def reaction(
     }
 
 
-def click(action_id: str, answer_id: str, ts: str, *, user: str = "U3") -> dict[str, object]:
+def click(
+    action_id: str, answer_id: str, ts: str, *, user: str = "U3", legacy: bool = False
+) -> dict[str, object]:
+    """A click under the answer ``ts``. 👍/👎 (``render.VOTE_UP``/``VOTE_DOWN``) as Slack sends a
+    ``feedback_buttons`` click (the value kbot rendered); ``legacy``: the classic buttons of
+    messages posted before them."""
+    action: dict[str, str] = {"action_id": action_id, "value": answer_id, "type": "button"}
+    if action_id in (render.VOTE_UP, render.VOTE_DOWN) and not legacy:
+        sign = render.UP if action_id == render.VOTE_UP else render.DOWN
+        action = {"action_id": render.FEEDBACK, "value": f"{sign}{answer_id}", "type": "feedback_buttons"}
     return {
         "type": "block_actions",
         "user": {"id": user},
@@ -324,7 +333,7 @@ def click(action_id: str, answer_id: str, ts: str, *, user: str = "U3") -> dict[
         "container": {"type": "message", "message_ts": ts, "channel_id": "C1"},
         "channel": {"id": "C1"},
         "message": {"ts": ts, "thread_ts": "1699999000.000001"},
-        "actions": [{"action_id": action_id, "value": answer_id, "type": "button"}],
+        "actions": [action],
     }
 
 
@@ -401,6 +410,31 @@ async def test_forged_button_value_is_ignored(env: SlackEnv) -> None:
     await wait_until(lambda: env.stats["feedback_ignored"] == 1)
     assert await rows(env, Vote) == []
     assert env.slack.named("chat.postEphemeral") == []  # no thanks for a vote that was not counted
+
+
+async def test_feedback_buttons_are_slacks_ai_controls_and_the_last_click_wins(env: SlackEnv) -> None:
+    answer_id, ts = await answered(env)
+    blocks = env.final(ts)["blocks"]
+    [controls] = [b for b in blocks if b["type"] == "context_actions"]
+    [buttons] = controls["elements"]
+    assert buttons["type"] == "feedback_buttons" and buttons["action_id"] == render.FEEDBACK
+    assert buttons["positive_button"]["value"] == f"up:{answer_id}"
+    assert buttons["negative_button"]["value"] == f"down:{answer_id}"
+    assert buttons["positive_button"]["text"] == {"type": "plain_text", "text": "👍"}
+    [suggest] = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    assert (suggest["action_id"], suggest["value"]) == (render.SUGGEST, answer_id)
+    # A toggle with no "deselected": every click is a vote, the person's last one wins.
+    for action in (render.VOTE_UP, render.VOTE_DOWN, render.VOTE_UP):
+        assert (await env.interact(click(action, answer_id, ts, user="U5"))).status == 200
+    # The classic buttons of a message posted before still count; a value kbot never rendered does not.
+    assert (await env.interact(click(render.VOTE_DOWN, answer_id, ts, user="U6", legacy=True))).status == 200
+    odd = click(render.VOTE_UP, answer_id, ts, user="U7")
+    odd["actions"] = [
+        {"action_id": render.FEEDBACK, "value": f"sideways:{answer_id}", "type": "feedback_buttons"}
+    ]
+    assert (await env.interact(odd)).status == 200
+    await wait_until(lambda: env.stats["feedback_recorded"] == 4)
+    assert await live_votes(env) == {(answer_id, "U5", 1, "button"), (answer_id, "U6", -1, "button")}
 
 
 async def test_suggest_a_better_answer_stores_a_correction(env: SlackEnv) -> None:

@@ -117,6 +117,7 @@ class SlackAdapter:
         self.app.event("message")(self.on_message)
         self.app.event("reaction_added")(self.on_reaction_added)
         self.app.event("reaction_removed")(self.on_reaction_removed)
+        self.app.action(render.FEEDBACK)(self.on_vote_button)
         self.app.action(render.VOTE_UP)(self.on_vote_button)
         self.app.action(render.VOTE_DOWN)(self.on_vote_button)
         self.app.action(render.SUGGEST)(self.on_suggest)
@@ -280,16 +281,17 @@ class SlackAdapter:
 
     async def on_vote_button(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        value = 1 if action["action_id"] == render.VOTE_UP else -1
         user, channel, thread = _who_where(body)
         shown_in = _clicked_message(body)
-        if not (user and channel and shown_in):
-            log.info("ignored a vote button without a user, channel or message")
+        voted = render.vote_of(action)
+        if not (user and channel and shown_in and voted):
+            log.info("ignored a vote button without a user, channel, message or known value")
             return
+        value, answer_id = voted
         # The button names its answer; the vote counts only if that answer is what the clicked
         # message in this channel shows (ChatService checks the pair).
         vote = FeedbackEvent(
-            platform=PLATFORM, user=user, kind="vote", answer_id=field(action, "value"), channel=channel,
+            platform=PLATFORM, user=user, kind="vote", answer_id=answer_id, channel=channel,
             message_id=shown_in, value=value, origin="button",
         )  # fmt: skip
 

@@ -18,7 +18,9 @@ from typing import Any
 from bot.links import source_url as links_source_url
 
 PART_LIMIT = 2900
-VOTE_UP = "kbot_vote_up"
+FEEDBACK = "kbot_feedback"  # Slack's feedback_buttons element: one action, the value says which
+UP, DOWN = "up:", "down:"  # its buttons' values: the sign, then the answer id
+VOTE_UP = "kbot_vote_up"  # the classic buttons of messages posted before feedback_buttons: still counted
 VOTE_DOWN = "kbot_vote_down"
 SUGGEST = "kbot_suggest"
 CORRECTION_VIEW = "kbot_correction"
@@ -128,24 +130,59 @@ def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
-def feedback_block(answer_id: str) -> dict[str, Any]:
-    def button(action_id: str, label: str) -> dict[str, Any]:
+def feedback_blocks(answer_id: str) -> list[dict[str, Any]]:
+    """Slack's AI-app feedback controls (``feedback_buttons`` in a ``context_actions`` block),
+    then ✏️ as a button. The feedback buttons are a toggle that sends no "deselected": each click
+    is a vote, the person's last one on an answer wins (:class:`finetune.votes.VoteLog`)."""
+
+    def choice(prefix: str, emoji: str, label: str) -> dict[str, Any]:
         return {
-            "type": "button",
-            "action_id": action_id,
-            "text": {"type": "plain_text", "text": label, "emoji": True},
-            "value": answer_id,
+            "text": {"type": "plain_text", "text": emoji},
+            "accessibility_label": label,
+            "value": f"{prefix}{answer_id}",
         }
 
-    return {
-        "type": "actions",
-        "block_id": f"kbot_feedback:{answer_id}",
-        "elements": [
-            button(VOTE_UP, "👍 Helpful"),
-            button(VOTE_DOWN, "👎 Not helpful"),
-            button(SUGGEST, "✏️ Suggest a better answer"),
-        ],
-    }
+    return [
+        {
+            "type": "context_actions",
+            "block_id": f"kbot_feedback:{answer_id}",
+            "elements": [
+                {
+                    "type": "feedback_buttons",
+                    "action_id": FEEDBACK,
+                    "positive_button": choice(UP, "👍", "This answer was helpful"),
+                    "negative_button": choice(DOWN, "👎", "This answer was not helpful"),
+                }
+            ],
+        },
+        {
+            "type": "actions",
+            "block_id": f"kbot_suggest:{answer_id}",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": SUGGEST,
+                    "text": {"type": "plain_text", "text": "✏️ Suggest a better answer", "emoji": True},
+                    "value": answer_id,
+                }
+            ],
+        },
+    ]
+
+
+def vote_of(action: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(+1 or -1, the answer id) a feedback click means; None for a value kbot never rendered."""
+    action_id, value = action.get("action_id"), action.get("value")
+    if not isinstance(value, str):
+        return None
+    if action_id == FEEDBACK:
+        for prefix, sign in ((UP, 1), (DOWN, -1)):
+            if value.startswith(prefix) and len(value) > len(prefix):
+                return sign, value[len(prefix) :]
+        return None
+    if action_id in (VOTE_UP, VOTE_DOWN) and value:
+        return (1 if action_id == VOTE_UP else -1), value
+    return None
 
 
 def correction_modal(answer_id: str, channel: str, thread: str, message: str) -> dict[str, Any]:

@@ -108,7 +108,7 @@ class SlackReply:
             sources = render.citation_text(result.citations, self._links)
             extra.append(render.section(render.split_text(sources)[0]))
         if result.status != "error":
-            extra.append(render.feedback_block(result.answer_id))
+            extra += render.feedback_blocks(result.answer_id)
         await self._show(parts, last_blocks=extra)
         return list(self._messages)
 
