@@ -1,10 +1,10 @@
 """The platform-neutral chat service: every adapter turns its payloads into these types and calls it.
 
-An adapter (Slack, Teams, web) translates a platform event into an :class:`IncomingMessage` plus a
-:class:`Reply` that knows how to show things on that platform, and calls :meth:`ChatService.submit`;
-feedback becomes a :class:`FeedbackEvent` for :meth:`ChatService.feedback`. Everything else —
-whether to answer at all, dedupe across replicas, rate limits, collections and ACL groups, the
-answer itself, the vote log — happens here, the same for every platform.
+An adapter (Slack, Teams, web) makes a platform event an :class:`IncomingMessage` and a :class:`Reply`
+(how to show things there) for :meth:`ChatService.submit`, feedback a :class:`FeedbackEvent` for
+:meth:`ChatService.feedback`. Everything else (whether to answer, dedupe across replicas, rate
+limits, one answer at a time per thread, collections and ACL groups, the answer, the vote log)
+happens here, the same for every platform.
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ class ChatService:
     # questions that will be answered, inside the task that reports failures.
     resolvers: dict[str, Resolver] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[Outcome]] = field(init=False, default_factory=set)
-    # One lock per person giving feedback, so their events are handled in the order they came.
+    # One lock per person giving feedback (their events handled in the order they came), per thread.
     _people: PerKey[TaskLock] = field(init=False, default_factory=lambda: PerKey(TaskLock))
+    _threads: PerKey[TaskLock] = field(init=False, default_factory=lambda: PerKey(TaskLock))
     _slots: asyncio.Semaphore = field(init=False)
     _turns: FairTurns = field(init=False)  # at most half the slots per person (or address)
 
@@ -214,14 +215,17 @@ class ChatService:
             thread=message.thread,
             shared=not message.private,
         )
-        await reply.working()
         turn = (f"{message.platform}:{message.user}", *message.rate_keys)
-        async with self._turns.turn(turn), self._slots:
-            metrics.IN_FLIGHT.inc()
-            try:
-                await self._stream(message, question, reply, received)
-            finally:
-                metrics.IN_FLIGHT.dec()
+        # A question asked while the thread's last answer still streams waits (then sees it in the history).
+        with self._threads.use((message.platform, message.channel, message.thread or message.key)) as thread:
+            async with thread:
+                await reply.working()
+                async with self._turns.turn(turn), self._slots:
+                    metrics.IN_FLIGHT.inc()
+                    try:
+                        await self._stream(message, question, reply, received)
+                    finally:
+                        metrics.IN_FLIGHT.dec()
         return "answered"
 
     async def _groups(self, message: IncomingMessage, policy: ChannelPolicy) -> list[str]:

@@ -20,6 +20,7 @@ from tests.local_server import serve_locally
 class FakeOpenAI:
     answer: str = "Sick leave is 10 days per year [1]."
     delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # when set: each answer waits until the test opens it
     echo: bool = False
     whole: bool = False  # send the answer as one chunk (a server that buffers), not word by word
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -34,6 +35,8 @@ class FakeOpenAI:
         if body["model"] not in {"served-base", *self.adapters}:
             return web.json_response({"error": {"message": f"model {body['model']} not found"}}, status=404)
         await asyncio.sleep(self.delay_s)
+        if self.gate is not None:
+            await self.gate.wait()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if self.echo:

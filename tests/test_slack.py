@@ -412,6 +412,24 @@ async def test_forged_button_value_is_ignored(env: SlackEnv) -> None:
     assert env.slack.named("chat.postEphemeral") == []  # no thanks for a vote that was not counted
 
 
+async def test_a_question_asked_while_the_threads_answer_streams_waits_its_turn(env: SlackEnv) -> None:
+    env.model.gate = asyncio.Event()
+    await env.event(mention(QUESTION, ts="1700000000.000300"))
+    await wait_until(lambda: len(env.model.requests) == 1)  # the first answer is being written
+    await env.event(mention("And parental leave?", ts="1700000000.000301", thread_ts="1700000000.000300"))
+    await wait_until(lambda: len(env.runtime.service._tasks) == 2)
+    env.model.gate.set()
+    await wait_until(lambda: env.stats["answered"] == 2)
+    calls = env.slack.calls
+    first_final = next(
+        i for i, c in enumerate(calls) if c.method == "chat.update" and render.FEEDBACK in str(c.params)
+    )
+    placeholders = [i for i, c in enumerate(calls) if c.method == "chat.postMessage"]
+    assert len(placeholders) == 2 and placeholders[1] > first_final  # not interleaved
+    second = env.model.requests[1][1]["messages"]
+    assert any(m["role"] == "assistant" and "Sick leave" in m["content"] for m in second)  # it saw the first
+
+
 async def test_feedback_buttons_are_slacks_ai_controls_and_the_last_click_wins(env: SlackEnv) -> None:
     answer_id, ts = await answered(env)
     blocks = env.final(ts)["blocks"]
