@@ -63,9 +63,9 @@ async def ask_slack(env: TeamsEnv, question: str) -> Shown:
     await wait_until(lambda: env.stats["answered"] == 1)
     [placeholder] = env.env.posted()
     final = env.env.final(placeholder["_ts"])
-    answer_block, sources_block, buttons = final["blocks"]
+    answer_block, sources_block, feedback, suggest = final["blocks"]
     assert answer_block == {"type": "section", "text": {"type": "mrkdwn", "text": final["text"]}}
-    assert buttons["type"] == "actions"
+    assert (feedback["type"], suggest["type"]) == ("context_actions", "actions")
     sources = [
         (int(n), title, url, quote)
         for n, url, title, quote in re.findall(
