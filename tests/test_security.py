@@ -1501,7 +1501,7 @@ async def _exercise(
         return any(
             c.params.get("channel") == channel
             and "blocks" in c.params
-            and render.VOTE_UP in json.dumps(c.params)
+            and render.FEEDBACK in json.dumps(c.params)
             for c in slack.calls
         )
 
