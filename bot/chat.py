@@ -121,7 +121,7 @@ class ChatService:
     # questions that will be answered, inside the task that reports failures.
     resolvers: dict[str, Resolver] = field(init=False, default_factory=dict)
     _tasks: set[asyncio.Task[Outcome]] = field(init=False, default_factory=set)
-    # One lock per person giving feedback (their events handled in the order they came), per thread.
+    # Per person giving feedback: their events in the order they came. Per thread: one answer at a time.
     _people: PerKey[TaskLock] = field(init=False, default_factory=lambda: PerKey(TaskLock))
     _threads: PerKey[TaskLock] = field(init=False, default_factory=lambda: PerKey(TaskLock))
     _slots: asyncio.Semaphore = field(init=False)

@@ -284,7 +284,7 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
         activity = turn_context.activity
         if activity.name not in (feedback.FETCH, feedback.SUBMIT):
-            # Message extensions, cards, dialogs: kbot offers none. Acknowledged with nothing, where
+            # Message extensions, cards, other dialogs: kbot offers none. Acknowledged with nothing, where
             # botbuilder's fallback answered 501, or 500 for a card action without a value.
             return InvokeResponse(status=200)
         return await self._feedback.invoke(activity, conversation_channel(activity.conversation.id))
