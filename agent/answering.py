@@ -47,6 +47,14 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Where an answer is, for a status line while it is worked on (:func:`bot.status.lines`)."""
+
+    stage: Literal["searching", "reading"]
+    sources: int = 0  # reading: how many passages the model was given
+
+
+@dataclass(frozen=True)
 class AnswerResult:
     answer_id: str
     answer: str
@@ -143,8 +151,9 @@ class Answerer:
         *,
         adapter: AdapterRef | Literal["active"] | None = "active",
         grounding: Literal["strict", "off"] | None = None,
-    ) -> AsyncIterator[str | AnswerResult]:
-        """Yield the answer's text as it grows, then one :class:`AnswerResult`.
+    ) -> AsyncIterator[str | Progress | AnswerResult]:
+        """Yield the answer's text as it grows (and :class:`Progress` as stages start), then one
+        :class:`AnswerResult`.
 
         ``grounding`` overrides ``Settings.grounding`` for this answer: the evaluation gate reads
         the model's own text with ``off``."""
@@ -199,7 +208,9 @@ class Answerer:
                     if isinstance(item, BaseException):
                         raise item
                     mode, chunk = item
-                    if mode == "custom":
+                    if mode == "custom" and "stage" in chunk:
+                        yield Progress(chunk["stage"], int(chunk.get("sources", 0)))
+                    elif mode == "custom":
                         yield str(chunk["token"])
                     else:
                         state = chunk

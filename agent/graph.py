@@ -132,6 +132,7 @@ async def verified(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
 
 async def retrieve(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[str, Any]:
     ctx = runtime.context
+    get_stream_writer()({"stage": "searching"})
     started = time.perf_counter()
     hits = await ctx.kb.search(state["search_query"], ctx.collections, ctx.groups, limit=ctx.sources * 2)
     timings = {**state.get("timings", {}), "retrieval": time.perf_counter() - started}
@@ -172,6 +173,7 @@ async def generate(state: AnswerState, runtime: Runtime[AnswerContext]) -> dict[
     history = [(t["question"], t["answer"]) for t in (state.get("history") or [])[-HISTORY_TURNS:]]
     messages = build_messages(ctx.system_prompt, history, sources, state["question"])
     write = get_stream_writer()
+    write({"stage": "reading", "sources": len(sources)})
     visible = ctx.grounding == "off"
     hopeless = None if visible else doomed(state["question"], sources, prompt=ctx.system_prompt)
     parts: list[str] = []

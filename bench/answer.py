@@ -59,7 +59,7 @@ async def main(args: argparse.Namespace) -> None:
                 async for item in answerer.stream(Question(text, ["hr"])):
                     if isinstance(item, AnswerResult):
                         result = item
-                    elif first is None:
+                    elif isinstance(item, str) and first is None:
                         first = time.perf_counter() - started
                 elapsed = time.perf_counter() - started
                 # A model answer, shown or replaced by the check's fallback: either way it was generated.

@@ -150,7 +150,7 @@ async def answer(answerer: Answerer, q: DevQuestion, mode: str, hits: list[Hit])
     async for item in answerer.stream(Question(q.question, [COLLECTION])):
         if isinstance(item, AnswerResult):
             result = item
-        elif first is None and item:
+        elif isinstance(item, str) and first is None and item:
             first = time.perf_counter() - started
     total = time.perf_counter() - started
     assert result is not None

@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.answering import Answerer, AnswerResult, Question
 from bench.learning_data import Document, Fact, handbook, split
-from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.chat import ChatService
+from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.ledger import ChatLedger
 from finetune.evaluate import states
 from finetune.golden import add as add_golden

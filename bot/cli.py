@@ -248,7 +248,7 @@ def ask(
             async for item in answerer.stream(q):
                 if isinstance(item, AnswerResult):
                     result = item
-                elif not as_json:
+                elif isinstance(item, str) and not as_json:
                     typer.echo(item, nl=False)
         finally:
             await answerer.close()

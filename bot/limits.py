@@ -27,7 +27,7 @@ from kbot.locks import PerKey
 
 if TYPE_CHECKING:  # bot.chat imports this module: the types only, at run time none
     from agent.answering import AnswerResult
-    from bot.chat import Reply
+    from bot.conversation import Reply
 
 log = logging.getLogger(__name__)
 MAX_QUESTION = 4000  # characters
@@ -70,6 +70,9 @@ class _CutNotice:
         except KbotError as exc:  # the answer matters more than the notice
             log.warning("could not say that a question was cut: %s", exc)
         await self.inner.working()
+
+    async def status(self, lines: list[str]) -> None:
+        await self.inner.status(lines)
 
     async def update(self, text: str) -> None:
         await self.inner.update(text)

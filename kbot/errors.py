@@ -96,7 +96,12 @@ class AdapterError(AgentError):
 
 
 class ChatError(KbotError):
-    """A chat platform (Slack, Teams) refused or failed a call."""
+    """A chat platform (Slack, Teams) refused or failed a call; ``code`` is the platform's name
+    for the refusal (Slack's ``error``, Teams' error code), "" when it never answered."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class FeedbackError(KbotError):

@@ -171,6 +171,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Least time between two updates of a streaming answer (Slack rate-limits chat.update).",
     )
+    slack_streaming: bool = Field(
+        default=True,
+        description="Stream answers with Slack's chat.startStream where a workspace allows it (else chat.update).",
+    )
     teams_app_id: str | None = Field(
         default=None,
         description="Microsoft App ID of the Azure Bot. Set: every Teams request's token is checked. "

@@ -30,6 +30,7 @@ class Call:
     method: str
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)  # when it arrived (latency figures)
+    ok: bool = False  # Slack accepted it
 
 
 @dataclass
@@ -43,6 +44,8 @@ class FakeSlack:
     # tokens answered {"ok": false, "error": "invalid_auth"}, as Slack answers revoked or mistyped ones
     revoked: set[str] = field(default_factory=set)
     delay_s: float = 0.0  # every call answers this late: a slow Slack
+    # method -> the error Slack answers every call of it with ("method_deprecated", "not_allowed")
+    refuse: dict[str, str] = field(default_factory=dict)
     url: str = ""
     socket_acks: list[dict[str, Any]] = field(default_factory=list)
     _sockets: list[web.WebSocketResponse] = field(default_factory=list)
@@ -57,20 +60,57 @@ class FakeSlack:
             params = dict(request.query)
         elif request.content_type == "application/json":
             params = await request.json()
-        else:
-            params = dict(await request.post())
+        else:  # form fields; slack_sdk sends some methods' arguments in the query string
+            params = {**request.query, **(await request.post())}
         params = {k: _maybe_json(v) for k, v in params.items()}
         params["_token"] = request.headers.get("Authorization", "")
-        self.calls.append(Call(method, params))
+        call = Call(method, params)
+        self.calls.append(call)
         await asyncio.sleep(self.delay_s)
         if params["_token"].removeprefix("Bearer ") in self.revoked:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if method in self.refuse:
+            return web.json_response({"ok": False, "error": self.refuse[method]})
         if self.failures.get(method):
             status, headers = self.failures[method].pop(0)
             return web.json_response({"ok": False, "error": "ratelimited"}, status=status, headers=headers)
-        return web.json_response(self._respond(method, params))
+        response = self._respond(method, params)
+        call.ok = bool(response["ok"])
+        return web.json_response(response)
 
-    def _respond(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def streamed(self, ts: str) -> str:
+        """The markdown a natively streamed message shows: its start, appends and stop, in order."""
+        parts = [
+            c.params.get("markdown_text") or ""
+            for c in self.calls
+            if c.ok
+            and (
+                (c.method == "chat.startStream" and c.params.get("_ts") == ts)
+                or (c.method in ("chat.appendStream", "chat.stopStream") and c.params.get("ts") == ts)
+            )
+        ]
+        return "".join(parts)
+
+    def _respond(self, method: str, params: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911 - one per method
+        if method == "chat.startStream":
+            # As Slack: a reply in a thread, and outside a DM it must say whom it streams to.
+            if not params.get("thread_ts"):
+                return {"ok": False, "error": "invalid_arguments"}
+            if not params["channel"].startswith("D") and not (
+                params.get("recipient_user_id") and params.get("recipient_team_id")
+            ):
+                return {"ok": False, "error": "missing_recipient_user_id"}
+            if len(params.get("markdown_text") or "") > 12_000:
+                return {"ok": False, "error": "msg_too_long"}
+            params["_ts"] = f"1700000{next(self._ts):03d}.000300"
+            return {"ok": True, "channel": params["channel"], "ts": params["_ts"]}
+        if method in ("chat.appendStream", "chat.stopStream"):
+            if len(params.get("markdown_text") or "") > 12_000:
+                return {"ok": False, "error": "msg_too_long"}
+            stopped = {c.params.get("ts") for c in self.calls if c.method == "chat.stopStream" and c.ok}
+            if params.get("ts") in stopped:
+                return {"ok": False, "error": "message_not_in_streaming_state"}
+            return {"ok": True, "channel": params["channel"], "ts": params["ts"]}
         if method == "chat.postMessage":
             params["_ts"] = f"1700000{next(self._ts):03d}.000100"  # recorded with the call, for tests
             return {"ok": True, "channel": params["channel"], "ts": params["_ts"]}

@@ -124,7 +124,10 @@ class Load:
             params = call.params
             if call.method == "chat.postMessage" and params.get("_ts") and params.get("thread_ts"):
                 placeholders[str(params["_ts"])] = str(params["thread_ts"])
-            if call.method in ("chat.update", "chat.postMessage") and "Sources" in json.dumps(params):
+            if call.method == "chat.startStream" and params.get("_ts"):
+                placeholders[str(params["_ts"])] = str(params["thread_ts"])  # a streamed answer
+            shows = ("chat.update", "chat.postMessage", "chat.stopStream")
+            if call.method in shows and call.ok and "Sources" in json.dumps(params):
                 question = placeholders.get(str(params.get("ts")), str(params.get("thread_ts", "")))
                 shown.setdefault(question, []).append(call.at)
         for sent in self.t.connector.sent:

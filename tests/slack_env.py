@@ -68,6 +68,39 @@ class SlackEnv:
     def posted(self) -> list[dict[str, Any]]:
         return [c.params for c in self.slack.named("chat.postMessage")]
 
+    def shown(self) -> list[dict[str, Any]]:
+        """Every message kbot shows now, in the order posted: a natively streamed one (its text
+        streamed, its blocks from chat.stopStream) or a posted one after its last chat.update;
+        deleted ones are gone. Keys: channel, thread_ts, ts, text, blocks, native."""
+        deleted = {(c.params["channel"], c.params["ts"]) for c in self.slack.named("chat.delete")}
+        out: list[dict[str, Any]] = []
+        for call in self.slack.calls:
+            p = call.params
+            if call.method not in ("chat.startStream", "chat.postMessage") or "_ts" not in p:
+                continue
+            ts = p["_ts"]
+            if (p["channel"], ts) in deleted:
+                continue
+            if call.method == "chat.startStream":
+                stops = [c.params for c in self.slack.named("chat.stopStream") if c.params["ts"] == ts]
+                text, blocks = self.slack.streamed(ts), (stops[-1].get("blocks") or []) if stops else []
+            else:
+                now = self.final(ts) or p
+                text, blocks = now.get("text", ""), now.get("blocks") or []
+            native = call.method == "chat.startStream"
+            out.append(
+                {
+                    "channel": p["channel"],
+                    "thread_ts": p.get("thread_ts"),
+                    "ts": ts,
+                    "text": text,
+                    "blocks": blocks,
+                    "native": native,
+                    "stopped": not native or bool(stops),
+                }
+            )
+        return out
+
     def final(self, ts: str) -> dict[str, Any]:
         """What the message ``ts`` shows now: its last update, else how it was posted."""
         updates = [c.params for c in self.slack.named("chat.update") if c.params["ts"] == ts]

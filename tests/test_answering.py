@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from agent.answering import Answerer, Question
+from agent.answering import Answerer, Progress, Question
 from agent.backends import AdapterRef
 from agent.backends.local import LocalBackend
 from agent.backends.openai import OpenAIBackend
@@ -62,12 +62,18 @@ def test_converted_base_model_is_a_plain_checkpoint(base_model_dir: str) -> None
 async def test_answer_cites_the_document_with_the_fact(answerer: Answerer) -> None:
     tokens = []
     result = None
+    stages: list[Progress] = []
     async for item in answerer.stream(Question("How many days of sick leave do I get?", ["hr"])):
         if isinstance(item, str):
             tokens.append(item)
+        elif isinstance(item, Progress):
+            assert not tokens and result is None  # a stage is news only before the answer
+            stages.append(item)
         else:
             result = item
     assert result is not None and result.status == "ok"
+    # The status line's stages: the search, then the passages the model was given.
+    assert [s.stage for s in stages] == ["searching", "reading"] and stages[1].sources >= 1
     # Held back until checked: what streamed is the shown answer, not the model's draft.
     assert "".join(tokens).strip() == result.answer
     [first] = result.citations

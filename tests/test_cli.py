@@ -185,16 +185,21 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
 
             def final_answer() -> bool:
                 return any(
-                    "Sources" in json.dumps(c.params.get("blocks", [])) for c in slack.named("chat.update")
+                    "Sources" in json.dumps(c.params.get("blocks", []))
+                    for c in slack.named("chat.stopStream")
                 )
 
             await wait_until(final_answer, timeout=120)
             final = next(
-                c.params for c in slack.named("chat.update") if "Sources" in json.dumps(c.params["blocks"])
+                c.params
+                for c in slack.named("chat.stopStream")
+                if "Sources" in json.dumps(c.params["blocks"])
             )
             assert final["channel"] == "C1" and "leave-policy.md" in json.dumps(final["blocks"])
-            # Checked before it is shown: the answer replaces the placeholder whole, once.
-            assert len(slack.named("chat.update")) == 1 and "10 days" in json.dumps(final, ensure_ascii=False)
+            # Checked before it is shown: the answer streams whole, in one start, under the mention.
+            [start] = slack.named("chat.startStream")
+            assert start.params["thread_ts"] == "1700000000.000100" and start.params["_ts"] == final["ts"]
+            assert "10 days" in start.params["markdown_text"] and not slack.named("chat.appendStream")
         finally:
             on.send_signal(signal.SIGTERM)
             _, stderr = on.communicate(timeout=60)

@@ -62,7 +62,8 @@ async def slack_answer(env: SlackEnv, user: str = "U1") -> tuple[str, float]:
     def final() -> str:
         for call in env.slack.calls[before:]:
             text = json.dumps(call.params, ensure_ascii=False)
-            if call.method in ("chat.postMessage", "chat.update") and ("Sources" in text or "Sorry" in text):
+            shows = call.method in ("chat.postMessage", "chat.update", "chat.startStream", "chat.stopStream")
+            if shows and ("Sources" in text or "Sorry" in text):
                 return text
         return ""
 
@@ -88,7 +89,7 @@ async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any) -> None:
     stream, cookies, _ = await web_ask(env)
     web_answer = answer_of(stream)["answer_id"]
     await slack_answer(env)
-    slack_ts = env.slack.named("chat.postMessage")[-1].params["_ts"]
+    slack_ts = env.shown()[-1]["ts"]
     async with env.runtime.service.answerer.kb.db.session() as s:
         visitor = (await s.get(Answer, web_answer)).asker  # type: ignore[union-attr]
         slack_answer_id = await s.scalar(

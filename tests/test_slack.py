@@ -17,7 +17,7 @@ from sqlalchemy import select
 from bot.slack import render
 from kbot.db.models import Answer, AnswerMessage, Correction, Vote
 from knowledge.embeddings import Embedder
-from tests.fake_slack import BOT_ID, BOT_USER, event_body, sign, wait_until
+from tests.fake_slack import BOT_ID, BOT_USER, TEAM, event_body, sign, wait_until
 from tests.slack_env import WIKI, SlackEnv, blocks_text, mention, message, slack_env
 
 QUESTION = "How many days of sick leave do I get?"
@@ -93,12 +93,16 @@ async def test_mention_gets_one_threaded_answer_with_citations(env: SlackEnv) ->
     assert response.status == 200
     await wait_until(lambda: env.stats["answered"] == 1)
 
-    [placeholder] = env.posted()
-    assert placeholder["channel"] == "C1" and placeholder["thread_ts"] == "1700000000.000001"
-    assert placeholder["text"] == render.WORKING
-    final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
+    # Slack's AI streaming: the status while working, one streamed reply in the mention's thread
+    # (to the asker, in their team), the sources and feedback controls added when it stops.
+    assert env.posted() == [] and env.slack.named("chat.update") == []
+    [start] = [c.params for c in env.slack.named("chat.startStream")]
+    assert (start["channel"], start["thread_ts"]) == ("C1", "1700000000.000001")
+    assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", TEAM)
+    [final] = env.shown()
+    assert final["native"] and final["stopped"] and final["ts"] == start["_ts"]
     shown = blocks_text(final)
-    assert "Sick leave is 10 days per year" in final["text"]
+    assert final["text"].startswith("Sick leave is 10 days per year [[1]](")  # [1] links to its source
     assert "*Sources*" in shown and "Leave policy" in shown
     assert f"{WIKI}leave-policy.md" in shown  # the citation links to its source
     assert "10 days of paid sick leave" in shown  # with the quote that holds the fact
@@ -114,6 +118,69 @@ async def test_mention_gets_one_threaded_answer_with_citations(env: SlackEnv) ->
     assert answer.id in shown  # the 👍/👎 buttons carry the answer id
     assert [(m.channel, m.answer_id) for m in await rows(env, AnswerMessage)] == [("C1", answer.id)]
     assert len(env.model.requests) == 1
+
+
+async def test_the_thread_status_tells_the_answers_stages_and_is_cleared(env: SlackEnv) -> None:
+    await env.event(mention(QUESTION, ts="1700000000.000002"))
+    await env.event(mention("病假有幾天？", ts="1700000000.000003"))
+    await wait_until(lambda: env.stats["answered"] == 2)
+    by_thread: dict[str, list[dict[str, object]]] = {}
+    for c in env.slack.named("assistant.threads.setStatus"):
+        by_thread.setdefault(c.params["thread_ts"], []).append(c.params)
+    # "Reading n sources": the passages the model was given, as the answer log has them.
+    given = {a.thread: sum(bool(r["used"]) for r in a.retrieved) for a in await rows(env, Answer)}
+    english, chinese = by_thread["1700000000.000002"], by_thread["1700000000.000003"]
+    n = given["1700000000.000002"]
+    assert [p["status"] for p in english] == [
+        render.WORKING_STATUS,
+        "Searching handbook…",
+        f"Reading {n} sources…",
+        "",  # cleared once the answer shows
+    ]
+    assert english[2]["loading_messages"] == [
+        f"Reading {n} sources…",
+        "Writing the answer…",
+        "Checking it against the sources…",
+    ]
+    n = given["1700000000.000003"]
+    assert [p["status"] for p in chinese][1:] == ["正在搜尋 handbook…", f"正在閱讀 {n} 份資料…", ""]
+    # Cleared after the answer started to show, never before.
+    calls = env.slack.calls
+    cleared = [
+        i for i, c in enumerate(calls) if c.method == "assistant.threads.setStatus" and not c.params["status"]
+    ]
+    started = [i for i, c in enumerate(calls) if c.method == "chat.startStream"]
+    assert all(any(s < c for s in started) for c in cleared)
+
+
+async def test_a_workspace_that_refuses_streaming_gets_chat_update_once_and_for_all(
+    env: SlackEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.slack.refuse["chat.startStream"] = "method_deprecated"
+    await env.event(mention(QUESTION, ts="1700000000.000004"))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    [final] = env.shown()
+    assert not final["native"] and final["thread_ts"] == "1700000000.000004"
+    assert "Sick leave is 10 days per year" in final["text"] and render.FEEDBACK in blocks_text(final)
+    # Learned once: the next answer in that workspace does not try again.
+    await env.event(mention(QUESTION, ts="1700000000.000005"))
+    await wait_until(lambda: env.stats["answered"] == 2)
+    assert len(env.slack.named("chat.startStream")) == 1 and len(env.shown()) == 2
+    said = f"Slack workspace {TEAM} refused native streaming (method_deprecated): using chat.update"
+    assert [r.message.startswith(said) for r in caplog.records].count(True) == 1
+
+
+async def test_without_a_thread_status_a_placeholder_says_what_kbot_does(env: SlackEnv) -> None:
+    env.slack.refuse["assistant.threads.setStatus"] = "not_allowed"
+    await env.event(mention(QUESTION, ts="1700000000.000006"))
+    await wait_until(lambda: env.stats["answered"] == 1)
+    [placeholder] = env.posted()
+    assert placeholder["text"] == render.WORKING
+    updates = [c.params["text"] for c in env.slack.named("chat.update")]
+    assert updates[0] == "_Searching handbook…_" and updates[1].startswith("_Reading ")
+    [final] = env.shown()  # the placeholder went once the streamed answer showed
+    assert final["native"] and "Sick leave" in final["text"]
+    assert [c.params["ts"] for c in env.slack.named("chat.delete")] == [placeholder["_ts"]]
 
 
 async def test_retries_and_duplicate_deliveries_answer_once(env: SlackEnv) -> None:
@@ -132,7 +199,7 @@ async def test_retries_and_duplicate_deliveries_answer_once(env: SlackEnv) -> No
     await asyncio.sleep(0.3)
     await env.runtime.service.drain(10)
     assert env.stats["answered"] == 2  # one per message
-    assert len(env.posted()) == 2 and len(env.model.requests) == 2
+    assert len(env.shown()) == 2 and len(env.model.requests) == 2
     answers = await rows(env, Answer)
     assert sorted(a.channel for a in answers) == ["C1", "CALL"]
     assert all(a.question == QUESTION for a in answers)
@@ -141,15 +208,18 @@ async def test_retries_and_duplicate_deliveries_answer_once(env: SlackEnv) -> No
 async def test_direct_message_is_answered_without_a_mention(env: SlackEnv) -> None:
     await env.event(message(QUESTION, channel="D1", channel_type="im"))
     await wait_until(lambda: env.stats["answered"] == 1)
+    # A DM reply, not a thread: Slack streams only into threads, so it is posted, then updated.
     [placeholder] = env.posted()
-    assert placeholder["channel"] == "D1" and "thread_ts" not in placeholder  # a DM reply, not a thread
+    assert placeholder["channel"] == "D1" and "thread_ts" not in placeholder
     [answer] = await rows(env, Answer)
     assert answer.thread == "D1"  # the DM is one conversation
-    # "Reply in thread" under kbot's DM answer continues the same conversation, in that thread.
+    # "Reply in thread" under kbot's DM answer continues the same conversation, in that thread,
+    # streamed (no recipient needed in a DM).
     kbot_ts = placeholder["_ts"]
     await env.event(message("And a doctor's note?", channel="D1", channel_type="im", thread_ts=kbot_ts))
     await wait_until(lambda: env.stats["answered"] == 2)
-    assert env.posted()[-1]["thread_ts"] == kbot_ts
+    [start] = [c.params for c in env.slack.named("chat.startStream")]
+    assert start["thread_ts"] == kbot_ts and "recipient_user_id" not in start
     assert {a.thread for a in await rows(env, Answer)} == {"D1"}
     assert "Sick leave is 10 days per year" in json.dumps(env.model.requests[-1][1]["messages"])
 
@@ -162,7 +232,7 @@ async def test_follow_up_in_a_thread_kbot_answered_needs_no_mention(env: SlackEn
     await wait_until(lambda: env.stats["answered"] == 2)
     answers = await rows(env, Answer)
     assert {a.thread for a in answers} == {root["ts"]}
-    assert all(p["thread_ts"] == root["ts"] for p in env.posted())
+    assert [p["thread_ts"] for p in env.shown()] == [root["ts"]] * 2
     # The follow-up was asked with the thread's history: the earlier question and answer.
     follow_up_prompt = json.dumps(env.model.requests[-1][1]["messages"])
     assert QUESTION in follow_up_prompt and "Sick leave is 10 days per year" in follow_up_prompt
@@ -184,13 +254,13 @@ async def test_messages_kbot_must_not_answer(env: SlackEnv) -> None:
     await asyncio.sleep(0.5)
     await env.runtime.service.drain(10)
     assert env.stats["ignored"] == 3 and env.stats["answered"] == 0
-    assert env.posted() == [] and env.model.requests == []
+    assert env.shown() == [] and env.model.requests == []
 
 
 async def test_channel_that_answers_every_message(env: SlackEnv) -> None:
     await env.event(message(QUESTION, channel="CALL"))
     await wait_until(lambda: env.stats["answered"] == 1)
-    assert env.posted()[0]["channel"] == "CALL"
+    assert env.shown()[0]["channel"] == "CALL"
 
 
 async def test_rate_limit_gets_a_friendly_private_message(env: SlackEnv) -> None:
@@ -203,12 +273,12 @@ async def test_rate_limit_gets_a_friendly_private_message(env: SlackEnv) -> None
 
 
 async def test_slack_rate_limit_on_the_web_api_is_retried(env: SlackEnv) -> None:
-    env.slack.failures["chat.update"] = [(429, {"Retry-After": "1"})]
+    env.slack.failures["chat.stopStream"] = [(429, {"Retry-After": "1"})]
     await env.event(mention(QUESTION))
     await wait_until(lambda: env.stats["answered"] == 1)
-    final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
-    assert "Sick leave" in final["text"] and env.stats["failed"] == 0
-    assert len([c for c in env.slack.named("chat.update") if c.params["ts"] == final["ts"]]) >= 2
+    [final] = env.shown()
+    assert "Sick leave" in final["text"] and final["stopped"] and env.stats["failed"] == 0
+    assert len(env.slack.named("chat.stopStream")) == 2  # refused once, then accepted
 
 
 async def test_restricted_documents_only_where_everyone_who_reads_may_see_them(env: SlackEnv) -> None:
@@ -242,8 +312,8 @@ async def test_not_found_in_a_channel_points_to_direct_messages(env: SlackEnv) -
     texts = {a.channel: a.answer for a in await rows(env, Answer)}
     assert "everyone here may see" in texts["C1"] and "direct message" in texts["C1"]
     assert "available to you" in texts["D1"] and "direct message" not in texts["D1"]
-    [posted] = [c.params for c in env.slack.named("chat.postMessage") if c.params["channel"] == "C1"]
-    assert "direct message" in env.final(posted["_ts"])["text"]
+    [posted] = [m for m in env.shown() if m["channel"] == "C1"]
+    assert "direct message" in posted["text"]
 
 
 async def test_long_answer_is_split_into_messages_in_the_thread(tmp_path: Path, embedder: Embedder) -> None:
@@ -252,23 +322,35 @@ async def test_long_answer_is_split_into_messages_in_the_thread(tmp_path: Path, 
     async with slack_env(tmp_path, embedder, answer=long_answer, grounding="off") as env:
         await env.event(mention(QUESTION, ts="1700000000.000042"))
         await wait_until(lambda: env.stats["answered"] == 1)
-        posted = env.slack.named("chat.postMessage")
-        assert len(posted) >= 3  # the placeholder, then continuations
-        assert all(p.params["thread_ts"] == "1700000000.000042" for p in posted)
-        shown = [env.final(p.params["_ts"]) or p.params for p in posted]
-        assert all(len(m["text"]) <= render.PART_LIMIT for m in shown)
-        assert render.FEEDBACK in blocks_text(shown[-1]) and render.FEEDBACK not in blocks_text(shown[0])
+        shown = env.shown()
+        assert len(shown) >= 1 and all(m["thread_ts"] == "1700000000.000042" for m in shown)
+        assert all(m["native"] and m["stopped"] for m in shown)
+        assert render.FEEDBACK in blocks_text(shown[-1])
         assert "Sentence 0 " in shown[0]["text"] and "Sentence 149 " in shown[-1]["text"]
         [answer] = await rows(env, Answer)
-        assert {m.message_id for m in await rows(env, AnswerMessage)} == {p.params["_ts"] for p in posted}
+        assert {m.message_id for m in await rows(env, AnswerMessage)} == {m["ts"] for m in shown}
         assert answer.status == "ok"
+
+
+async def test_answers_past_a_streamed_messages_limit_go_on_in_the_thread(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    long_answer = " ".join(f"Sentence {i} about sick leave being ten days [1]." for i in range(400))
+    async with slack_env(tmp_path, embedder, answer=long_answer, grounding="off", max_new_tokens=8000) as env:
+        await env.event(mention(QUESTION, ts="1700000000.000043"))
+        await wait_until(lambda: env.stats["answered"] == 1)
+        shown = env.shown()
+        assert len(shown) >= 2 and all(m["native"] and m["stopped"] for m in shown)
+        assert all(len(m["text"]) <= 12_000 for m in shown)  # Slack's limit per streamed message
+        assert render.FEEDBACK in blocks_text(shown[-1]) and not shown[0]["blocks"]
+        assert "Sentence 0 " in shown[0]["text"] and "Sentence 399 " in shown[-1]["text"]
 
 
 async def test_model_failure_posts_an_error_in_the_thread(tmp_path: Path, embedder: Embedder) -> None:
     async with slack_env(tmp_path, embedder, model_url="http://127.0.0.1:9/v1") as env:
         await env.event(mention(QUESTION, ts="1700000000.000009"))
         await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
-        final = env.final(env.slack.named("chat.postMessage")[0].params["_ts"])
+        [final] = env.shown()
         assert final["text"].startswith("Sorry, I could not answer this right now")
         assert render.FEEDBACK not in blocks_text(final)  # no feedback buttons on an error
         [answer] = await rows(env, Answer)
@@ -284,7 +366,7 @@ async def test_database_failure_posts_an_error(env: SlackEnv) -> None:
     await env.event(mention(QUESTION, ts="1700000000.000011"))
     await wait_until(lambda: env.stats["failed"] == 1)
     await broken.close()
-    [notice] = env.posted()
+    [notice] = env.shown()
     assert notice["text"].startswith("Sorry, something went wrong on my side")
     assert "my database is not available" in notice["text"]
     assert "127.0.0.1" not in notice["text"] and "postgresql" not in notice["text"]  # details stay in the log
@@ -300,7 +382,7 @@ async def answered(env: SlackEnv, user: str = "U1") -> tuple[str, str]:
     await env.event(mention(QUESTION, user=user))
     await wait_until(lambda: env.stats["answered"] == done)
     answer = (await rows(env, Answer))[-1]
-    return answer.id, env.slack.named("chat.postMessage")[-1].params["_ts"]
+    return answer.id, env.shown()[-1]["ts"]
 
 
 def reaction(
@@ -422,17 +504,20 @@ async def test_a_question_asked_while_the_threads_answer_streams_waits_its_turn(
     await wait_until(lambda: env.stats["answered"] == 2)
     calls = env.slack.calls
     first_final = next(
-        i for i, c in enumerate(calls) if c.method == "chat.update" and render.FEEDBACK in str(c.params)
+        i for i, c in enumerate(calls) if c.method == "chat.stopStream" and render.FEEDBACK in str(c.params)
     )
-    placeholders = [i for i, c in enumerate(calls) if c.method == "chat.postMessage"]
-    assert len(placeholders) == 2 and placeholders[1] > first_final  # not interleaved
+    statuses = [
+        i for i, c in enumerate(calls) if c.method == "assistant.threads.setStatus" and c.params["status"]
+    ]
+    starts = [i for i, c in enumerate(calls) if c.method == "chat.startStream"]
+    assert len(starts) == 2 and starts[1] > first_final and statuses[-1] > first_final  # not interleaved
     second = env.model.requests[1][1]["messages"]
     assert any(m["role"] == "assistant" and "Sick leave" in m["content"] for m in second)  # it saw the first
 
 
 async def test_feedback_buttons_are_slacks_ai_controls_and_the_last_click_wins(env: SlackEnv) -> None:
     answer_id, ts = await answered(env)
-    blocks = env.final(ts)["blocks"]
+    blocks = env.shown()[-1]["blocks"]  # chat.stopStream's
     [controls] = [b for b in blocks if b["type"] == "context_actions"]
     [buttons] = controls["elements"]
     assert buttons["type"] == "feedback_buttons" and buttons["action_id"] == render.FEEDBACK
@@ -519,7 +604,7 @@ async def test_socket_mode_answers_and_acks_envelopes(tmp_path: Path, embedder: 
             assert {"envelope_id": envelope_id} in [
                 {"envelope_id": a.get("envelope_id")} for a in env.slack.socket_acks
             ]
-            assert env.posted()[0]["thread_ts"] == "1700000000.000077"
+            assert env.shown()[0]["thread_ts"] == "1700000000.000077"
             assert env.slack.named("apps.connections.open")[0].params["_token"] == "Bearer xapp-1-test"
         finally:
             await handler.close_async()
@@ -528,16 +613,22 @@ async def test_socket_mode_answers_and_acks_envelopes(tmp_path: Path, embedder: 
 # --- failures in the middle of an answer ---
 
 
-async def test_streaming_update_failures_do_not_cost_the_answer(tmp_path: Path, embedder: Embedder) -> None:
+@pytest.mark.parametrize("path", ["native", "chat.update"])
+async def test_streaming_update_failures_do_not_cost_the_answer(
+    tmp_path: Path, embedder: Embedder, path: str
+) -> None:
     # The first streaming update is refused even after the client's retries; the final text still goes out.
-    # (Streaming updates exist with grounding off; a checked answer is posted whole.)
-    async with slack_env(tmp_path, embedder, grounding="off") as env:
-        env.slack.failures["chat.update"] = [(429, {"Retry-After": "0"})] * 4
+    # (Streaming updates exist with grounding off; a checked answer is shown whole.)
+    async with slack_env(tmp_path, embedder, grounding="off", slack_streaming=path == "native") as env:
+        method = "chat.appendStream" if path == "native" else "chat.update"
+        env.slack.failures[method] = [(429, {"Retry-After": "0"})] * 4
         await env.event(mention(QUESTION))
         await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
-        assert env.stats["answered"] == 1 and not env.slack.failures["chat.update"]
-        final = env.final(env.posted()[0]["_ts"])
+        assert env.stats["answered"] == 1 and not env.slack.failures[method]
+        [final] = env.shown()
+        assert final["native"] == (path == "native")
         assert final["text"].startswith("Sick leave is 10 days per year") and "Sources" in blocks_text(final)
+        assert final["text"].count("Sick leave") == 1  # nothing streamed twice
 
 
 async def test_answer_stays_when_recording_its_messages_fails(env: SlackEnv) -> None:
@@ -550,7 +641,7 @@ async def test_answer_stays_when_recording_its_messages_fails(env: SlackEnv) -> 
     await env.event(mention(QUESTION))
     await wait_until(lambda: env.stats["answered"] + env.stats["failed"] == 1)
     assert env.stats["answered"] == 1
-    final = env.final(env.posted()[0]["_ts"])
+    [final] = env.shown()
     assert final["text"].startswith("Sick leave is 10 days per year")  # not replaced by an apology
 
 
@@ -558,8 +649,9 @@ async def test_shutdown_past_the_drain_deadline_tells_the_asker(tmp_path: Path, 
     async with slack_env(tmp_path, embedder) as env:
         env.model.delay_s = 5  # the model is still thinking when the server stops
         await env.event(mention(QUESTION, ts="1700000000.000055"))
-        await wait_until(lambda: len(env.posted()) == 1)  # the placeholder is up
+        await wait_until(lambda: bool(env.slack.named("assistant.threads.setStatus")))  # the status is up
         await env.runtime.service.drain(0.1)
         assert env.stats["answered"] == 0
-        final = env.final(env.posted()[0]["_ts"])
+        [final] = env.shown()
         assert "restarted before I could finish" in final["text"]
+        assert env.slack.named("assistant.threads.setStatus")[-1].params["status"] == ""  # not left stale

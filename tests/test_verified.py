@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from agent.answering import Answerer, Question
+from agent.answering import Answerer, AnswerResult, Question
 from agent.backends.openai import OpenAIBackend
 from bot.slack.render import citation_text
 from kbot.db.models import Answer
@@ -260,8 +260,10 @@ async def test_an_approved_correction_is_answered_at_once_to_those_who_may_read_
     async for item in answerer.stream(Question(SICK_Q, ["hr"], groups=["hr"], asker="U1")):
         if isinstance(item, str):
             tokens.append(item)
-        else:
+        elif isinstance(item, AnswerResult):
             result = item
+        else:  # no search, no model: the verified answer is there at once
+            raise AssertionError(f"unexpected stage {item}")
     assert result is not None and result.status == "ok"
     assert result.answer == HR_SICK.text and "".join(tokens) == HR_SICK.text  # emitted once
     [cited] = result.citations

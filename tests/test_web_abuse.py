@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from agent.answering import Answerer, AnswerResult
 from agent.backends.openai import OpenAIBackend, estimated_first_tokens
-from bot.chat import IncomingMessage
+from bot.conversation import IncomingMessage
 from bot.ledger import ChatLedger
 from bot.web.auth import SESSION_S, address_key
 from finetune.export import ExportOptions, export_feedback, is_anonymous

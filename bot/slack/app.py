@@ -41,13 +41,16 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.chat import ChatService
+from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.slack import render
+from bot.slack.calls import call_slack
 from bot.slack.directory import SlackDirectory
 from bot.slack.feedback import REASONS_VIEW, DownvoteReasons
 from bot.slack.payload import field, modal_metadata
-from bot.slack.reply import SlackReply, UpdateBudget, call_slack
+from bot.slack.reply import SlackReply, UpdateBudget
+from bot.slack.stream import Capabilities
 from bot.slack.text import clean_text, mentions, vote_value
 from kbot.errors import ConfigError, KbotError
 from kbot.settings import Settings
@@ -98,6 +101,7 @@ class SlackAdapter:
         self.directory = SlackDirectory(self.client, service.access.group_ids(PLATFORM, "S"))
         service.resolvers[PLATFORM] = self.directory.usergroups_of
         self.budget = UpdateBudget()
+        self.capabilities = Capabilities(streaming=settings.slack_streaming)
         self._identity: AsyncSlackResponse | None = None
         self.reasons = DownvoteReasons(self.client, service, self._tell)
 
@@ -177,6 +181,8 @@ class SlackAdapter:
             user=user,
             interval=self.settings.slack_update_interval_s,
             links=self.settings.source_links,
+            team=field(event, "user_team") or team,
+            capabilities=self.capabilities,
             budget=self.budget,
         )
         question, answer_with = limit_question(clean_text(text, context.bot_user_id), reply)

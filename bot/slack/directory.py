@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack.reply import call_slack
+from bot.slack.calls import call_slack
 from kbot.errors import ChatError
 
 log = logging.getLogger(__name__)

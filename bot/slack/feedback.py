@@ -23,10 +23,11 @@ from typing import Any
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.chat import ChatService, FeedbackEvent
+from bot.chat import ChatService
+from bot.conversation import FeedbackEvent
 from bot.reasons import MAX_DETAIL, REASONS, comment
+from bot.slack.calls import call_slack
 from bot.slack.payload import field, modal_metadata
-from bot.slack.reply import call_slack
 from kbot.errors import KbotError
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ CORRECTION_VIEW = "kbot_correction"
 CORRECTION_BLOCK = "correction"
 CORRECTION_INPUT = "text"
 WORKING = "_Looking through the documents…_"
+WORKING_STATUS = "is looking through the documents…"  # the thread status, until the first stage
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)]+)\)")
@@ -47,6 +48,28 @@ def to_mrkdwn(markdown: str) -> str:
         # Odd pieces are inside code blocks: escaped, otherwise left alone.
         out.append(escape(piece) if i % 2 else _prose(escape(piece)))
     return _FENCE.join(out)
+
+
+def to_markdown(markdown: str) -> str:
+    """The model's Markdown for a streamed message (``markdown_text``, standard Markdown): ``&``,
+    ``<`` and ``>`` escaped outside code (nothing can ping or forge), and a link it writes shown
+    as ``label (url)``, as in :func:`to_mrkdwn`."""
+    out: list[str] = []
+    for i, piece in enumerate(markdown.split(_FENCE)):
+        out.append(piece if i % 2 else _LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", escape(piece)))
+    return _FENCE.join(out)
+
+
+def markdown_markers(text: str, citations: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
+    """Turn ``[n]`` in :func:`to_markdown` text into a Markdown link to source n where it has a URL."""
+    urls = {int(c["n"]): links_source_url(str(c["source"]), links) for c in citations}
+
+    def link(match: re.Match[str]) -> str:
+        url = urls.get(int(match.group(1)))
+        safe = url.replace(" ", "%20").replace("(", "%28").replace(")", "%29") if url else None
+        return f"[[{match.group(1)}]]({safe})" if safe else match.group(0)
+
+    return re.sub(r"\[(\d{1,2})\](?!\()", link, text)
 
 
 def _prose(text: str) -> str:

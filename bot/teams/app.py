@@ -49,7 +49,8 @@ from botframework.connector.auth import (
 )
 from msrest.exceptions import DeserializationError  # type: ignore[attr-defined]
 
-from bot.chat import ChatService, FeedbackEvent, IncomingMessage
+from bot.chat import ChatService
+from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.teams import feedback, keys
 from bot.teams.guard import is_loopback_url, refuse_both_modes, refuse_web_pages

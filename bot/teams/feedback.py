@@ -28,7 +28,8 @@ from botbuilder.core import InvokeResponse
 from botbuilder.schema import Activity, Attachment, ChannelAccount
 from botbuilder.schema.teams import TaskModuleContinueResponse, TaskModuleResponse, TaskModuleTaskInfo
 
-from bot.chat import ChatService, FeedbackEvent
+from bot.chat import ChatService
+from bot.conversation import FeedbackEvent
 from bot.reasons import MAX_DETAIL, REASONS, comment
 from kbot.errors import KbotError
 

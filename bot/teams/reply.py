@@ -46,6 +46,9 @@ class TeamsReply:
     async def working(self) -> None:
         self._typing = asyncio.create_task(self._keep_typing(), name="teams typing")
 
+    async def status(self, lines: list[str]) -> None:
+        """Not shown yet."""
+
     async def update(self, text: str) -> None:
         """Not shown: the typing indicator stands for progress."""
 

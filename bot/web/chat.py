@@ -25,7 +25,8 @@ from typing import Any
 from aiohttp import web
 
 from agent.answering import AnswerResult
-from bot.chat import SPOOLED, ChatService, FeedbackEvent, IncomingMessage
+from bot.chat import SPOOLED, ChatService
+from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.links import source_url
 from bot.web.auth import ClientAddress, address_key, is_https, set_visitor_cookie, web_user
@@ -59,6 +60,9 @@ class WebReply:
 
     async def working(self) -> None:
         await self._send("working", {})
+
+    async def status(self, lines: list[str]) -> None:
+        await self._send("status", {"text": lines[0] if lines else ""})
 
     async def update(self, text: str) -> None:
         if len(text) > self._sent:

@@ -148,10 +148,15 @@ async function ask(question) {
   try {
     const response = await postJSON("/api/chat", { id: newId(), conversation: conversation(), text: question });
     for await (const [event, data] of events(response)) {
-      if (event === "delta") {
+      if (event === "status") {
+        // What kbot is doing ("Reading 4 sources…"), until the first text replaces it.
+        if (!shown) { text.textContent = data.text; text.classList.add("status"); }
+      } else if (event === "delta") {
+        text.classList.remove("status");
         shown += data.text;
         text.textContent = shown;
       } else if (event === "answer") {
+        text.classList.remove("status");
         answer.dataset.answerId = data.answer_id;
         answer.dataset.status = data.status;
         const cited = new Set(data.citations.map((c) => c.n));
@@ -159,6 +164,7 @@ async function ask(question) {
         if (data.citations.length) answer.append(sources(data.answer_id, data.citations));
         if (data.status !== "error") answer.append(...feedbackControls(data.answer_id));
       } else if (event === "notice") {
+        if (text.classList.contains("status")) { text.textContent = ""; text.classList.remove("status"); }
         answer.append(el("div", { class: "notice" }, data.text));
       }
       answer.scrollIntoView({ block: "end" });
