@@ -23,6 +23,7 @@ class FakeOpenAI:
     gate: asyncio.Event | None = None  # when set: each answer waits until the test opens it
     echo: bool = False
     whole: bool = False  # send the answer as one chunk (a server that buffers), not word by word
+    token_delay_s: float = 0.0  # between two pieces of the answer: a model writing slowly
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     adapters: set[str] = field(default_factory=set)
     authorizations: set[str] = field(default_factory=set)  # Authorization headers seen
@@ -46,7 +47,9 @@ class FakeOpenAI:
             pieces = [self.answer]
         else:
             pieces = [word + " " for word in self.answer.split(" ")]
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            if i and self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
             chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")

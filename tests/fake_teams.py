@@ -41,6 +41,7 @@ class Sent:
     activity: dict[str, Any]
     authorization: str
     at: float = field(default_factory=time.monotonic)  # when it arrived (latency figures)
+    response_id: str = ""  # the id the connector answered with
 
 
 @dataclass
@@ -49,19 +50,71 @@ class FakeConnector:
 
     sent: list[Sent] = field(default_factory=list)
     fail_typing: int = 0  # answer this many typing activities with 503
+    # Answer stream updates with this status from the nth on (403 ContentStreamNotAllowed, 429).
+    refuse_streams: tuple[int, int] | None = None  # (status, from which update, counting from 1)
+    # Streaming rules a sent activity broke (answered 400, as Teams does); tests expect none.
+    violations: list[str] = field(default_factory=list)
     url: str = ""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _streams: dict[str, int] = field(default_factory=dict)  # open stream id -> last sequence
+    _updates: int = 0
 
     async def activities(self, request: web.Request) -> web.Response:
         body = await request.json()
         if body.get("type") == "typing" and self.fail_typing:
             self.fail_typing -= 1
             return web.json_response({"error": {"code": "ServiceError", "message": "try later"}}, status=503)
-        self.sent.append(Sent(request.path, body, request.headers.get("Authorization", "")))
-        return web.json_response({"id": f"1700000{next(self._ids):06d}"})
+        [info] = [e for e in body.get("entities") or [] if e.get("type") == "streaminfo"] or [None]
+        if info is not None and body.get("type") == "typing" and self.refuse_streams:
+            self._updates += 1
+            status, start = self.refuse_streams
+            if self._updates >= start:
+                code = "ContentStreamNotAllowed" if status == 403 else "TooManyRequests"
+                return web.json_response({"error": {"code": code, "message": "no"}}, status=status)
+        new_id = f"1700000{next(self._ids):06d}"
+        if info is not None and (broken := self._breaks(body, info, new_id)):
+            self.violations.append(broken)
+            return web.json_response({"error": {"code": "BadRequest", "message": broken}}, status=400)
+        self.sent.append(
+            Sent(request.path, body, request.headers.get("Authorization", ""), response_id=new_id)
+        )
+        return web.json_response({"id": new_id})
+
+    def _breaks(self, body: dict[str, Any], info: dict[str, Any], new_id: str) -> str:  # noqa: PLR0911
+        """What of Teams' streaming protocol ``body`` breaks ("" if nothing); tracks the streams."""
+        kind, stream, sequence = info.get("streamType"), info.get("streamId"), info.get("streamSequence")
+        if body["type"] == "message":
+            if kind != "final" or stream not in self._streams or "streamSequence" in info:
+                return f"a final message must end an open stream: {info}"
+            del self._streams[stream]
+            return ""
+        if kind not in ("informative", "streaming") or not body.get("text"):
+            return f"a stream update needs a type and text: {info}"
+        if stream is None:
+            if sequence != 1:
+                return f"a stream starts at sequence 1: {info}"
+            self._streams[new_id] = 1
+            return ""
+        if self._streams.get(stream) != (sequence or 0) - 1:
+            return f"updates are numbered 1, 2, … one after the other: {info}"
+        if kind == "informative" and any(
+            e.get("streamType") == "streaming"
+            for s in self.sent
+            for e in s.activity.get("entities") or []
+            if e.get("streamId") == stream
+        ):
+            return "informative updates come before the streamed text"
+        self._streams[stream] = sequence
+        return ""
 
     def messages(self) -> list[dict[str, Any]]:
         return [s.activity for s in self.sent if s.activity.get("type") == "message"]
+
+
+def stream_info(activity: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``streaminfo`` entity of a sent activity, if it has one."""
+    found = [e for e in activity.get("entities") or [] if e.get("type") == "streaminfo"]
+    return found[0] if found else None
 
 
 @asynccontextmanager

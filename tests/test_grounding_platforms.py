@@ -27,6 +27,7 @@ from agent.answering import Answerer, AnswerResult, Progress, Question
 from kbot.db.models import Answer
 from knowledge.embeddings import Embedder
 from tests.fake_slack import wait_until
+from tests.fake_teams import stream_info
 from tests.slack_env import EXAMPLES, WIKI, mention
 from tests.test_teams import TeamsEnv, teams_env
 
@@ -88,12 +89,18 @@ async def ask_teams(env: TeamsEnv, question: str) -> Shown:
     await wait_until(lambda: env.stats["answered"] == 1)
     assert {s.activity["type"] for s in env.connector.sent} == {"typing", "message"}
     [message] = env.connector.messages()
-    [entity] = message["entities"]
+    entity, final = message["entities"]  # the citations, and the end of the stream
+    assert final["type"] == "streaminfo" and final["streamType"] == "final"
     sources = [
         (c["position"], c["appearance"]["name"], c["appearance"]["url"], c["appearance"]["abstract"])
         for c in entity["citation"]
     ]
-    texts = [s.activity["text"] for s in env.connector.sent if "text" in s.activity]
+    # What shows as the answer: streamed text and messages (informative updates say what kbot does).
+    texts = [
+        s.activity["text"]
+        for s in env.connector.sent
+        if "text" in s.activity and (stream_info(s.activity) or {}).get("streamType") != "informative"
+    ]
     sent = [json.dumps({"path": s.path, **s.activity}, ensure_ascii=False) for s in env.connector.sent]
     return Shown(message["text"], sources, texts, sent)
 

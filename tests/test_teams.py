@@ -30,6 +30,7 @@ from tests.fake_teams import (
     channel_mention,
     fake_connector,
     openid_server,
+    stream_info,
 )
 from tests.slack_env import SlackEnv, slack_env
 
@@ -119,12 +120,22 @@ async def test_direct_message_is_answered_with_citations_and_the_feedback_loop(t
     response = await teams.post(teams.activity(text=QUESTION))
     assert response.status in (200, 201)
     await wait_until(lambda: teams.stats["answered"] == 1)
-    typing = [s for s in teams.connector.sent if s.activity["type"] == "typing"]
-    assert typing, "a typing indicator while working"
+    # Streamed, as Teams streams in personal chats: what kbot is doing (informative updates,
+    # numbered from 1, the first one's id naming the stream), then the final message.
+    updates = [s.activity for s in teams.connector.sent if s.activity["type"] == "typing"]
+    first, *rest = [stream_info(u) for u in updates]
+    assert first == {"type": "streaminfo", "streamType": "informative", "streamSequence": 1}
+    assert updates[0]["text"] == "Searching handbook…"
+    stream_id = teams.connector.sent[0].response_id
+    assert [(i["streamType"], i["streamId"], i["streamSequence"]) for i in rest] == [
+        ("informative", stream_id, n) for n in range(2, len(rest) + 2)
+    ]
+    assert not teams.connector.violations
     [answer] = teams.connector.messages()
     assert answer["text"].startswith("Sick leave is 10 days per year [1]")
     assert answer["channelData"] == {"feedbackLoop": {"type": "custom"}}  # never with the legacy flag
-    [entity] = answer["entities"]
+    entity, final = answer["entities"]
+    assert final == {"type": "streaminfo", "streamType": "final", "streamId": stream_id}
     assert entity["additionalType"] == ["AIGeneratedContent"]
     [claim] = entity["citation"]
     assert claim["position"] == 1 and claim["appearance"]["name"] == "Leave policy"
@@ -134,6 +145,89 @@ async def test_direct_message_is_answered_with_citations_and_the_feedback_loop(t
     assert all("/v3/conversations/a:1alice-personal/activities" in s.path for s in teams.connector.sent)
     [row] = await teams.rows(Answer)
     assert (row.platform, row.asker, row.thread) == ("teams", "aad-alice", "a:1alice-personal")
+
+
+def streamed(connector: FakeConnector) -> list[tuple[str, int, str]]:
+    """(streamType, streamSequence, text) of each stream update sent, in order."""
+    return [
+        (info["streamType"], info["streamSequence"], s.activity["text"])
+        for s in connector.sent
+        if s.activity["type"] == "typing" and (info := stream_info(s.activity))
+    ]
+
+
+async def test_a_teams_dm_streams_the_answer_as_it_is_written(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.teams import stream
+
+    monkeypatch.setattr(stream, "UPDATE_EVERY_S", 0.05)
+    # Grounding off shows the model's text as it comes (strict shows only checked text, at once).
+    async with teams_env(tmp_path, embedder, grounding="off") as teams:
+        teams.env.model.token_delay_s = 0.06
+        await teams.post(teams.activity(text=QUESTION))
+        await wait_until(lambda: teams.stats["answered"] == 1)
+        updates = streamed(teams.connector)
+        kinds = [k for k, _, _ in updates]
+        assert kinds[0] == "informative" and "streaming" in kinds
+        assert kinds == sorted(kinds)  # every informative update before the text
+        assert [n for _, n, _ in updates] == list(range(1, len(updates) + 1))
+        texts = [t for k, _, t in updates if k == "streaming"]
+        [answer] = teams.connector.messages()
+        assert all(answer["text"].startswith(t.strip()) for t in texts)  # cumulative, never taken back
+        assert len(set(texts)) == len(texts) >= 2
+        assert stream_info(answer) == {
+            "type": "streaminfo",
+            "streamType": "final",
+            "streamId": teams.connector.sent[0].response_id,
+        }
+        assert not teams.connector.violations
+
+
+async def test_a_group_chat_gets_one_message_and_no_stream(teams: TeamsEnv) -> None:
+    group = {"conversationType": "groupChat", "isGroup": True, "tenantId": TENANT, "id": "19:lunch@thread.v2"}
+    await teams.post({**channel_mention(teams.connector.url, QUESTION), "conversation": group})
+    await wait_until(lambda: teams.stats["answered"] == 1)
+    [answer] = teams.connector.messages()
+    assert answer["text"].startswith("Sick leave is 10 days per year")
+    assert all(stream_info(s.activity) is None for s in teams.connector.sent)
+    assert {s.activity["type"] for s in teams.connector.sent} == {"typing", "message"}
+
+
+@pytest.mark.parametrize(("status", "start"), [(403, 1), (429, 2)])
+async def test_a_refused_stream_falls_back_to_one_message(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch, status: int, start: int
+) -> None:
+    from bot.teams import stream
+
+    monkeypatch.setattr(stream, "UPDATE_EVERY_S", 0.05)
+    async with teams_env(tmp_path, embedder, grounding="off") as teams:
+        teams.env.model.token_delay_s = 0.06
+        teams.connector.refuse_streams = (status, start)  # 403 ContentStreamNotAllowed; 429 later on
+        await teams.post(teams.activity(text=QUESTION))
+        await wait_until(lambda: teams.stats["answered"] + teams.stats["failed"] == 1)
+        assert teams.stats["answered"] == 1
+        [answer] = teams.connector.messages()
+        assert answer["text"].startswith("Sick leave is 10 days per year")
+        assert stream_info(answer) is None  # one plain message: no stream to end
+        assert len(streamed(teams.connector)) == start - 1  # nothing tried after the refusal
+        assert not teams.connector.violations
+
+
+async def test_a_stream_ends_within_teams_time_limit_and_the_answer_follows(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.teams import stream
+
+    monkeypatch.setattr(stream, "STREAM_LIMIT_S", 0.3)  # Teams' is 2 minutes
+    async with teams_env(tmp_path, embedder) as teams:
+        teams.env.model.delay_s = 1.0
+        await teams.post(teams.activity(text=QUESTION))
+        await wait_until(lambda: teams.stats["answered"] == 1)
+        ending, answer = teams.connector.messages()
+        assert ending["text"] == stream.TOO_LONG and stream_info(ending)["streamType"] == "final"  # type: ignore[index]
+        assert answer["text"].startswith("Sick leave is 10 days per year") and stream_info(answer) is None
+        assert not teams.connector.violations
 
 
 async def test_channel_mention_is_answered_in_its_thread(teams: TeamsEnv) -> None:

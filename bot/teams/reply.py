@@ -1,9 +1,10 @@
-"""One answer shown in Teams: a typing indicator while working, then one message.
+"""One answer shown in Teams: streamed in a personal chat, else a typing indicator and one message.
 
 The answer is sent after the incoming request has been answered (Teams wants a response within
-seconds), as a proactive message through ``continue_conversation`` with the conversation
-reference of the question. Teams has no cheap message editing for streaming, so partial text is
-not shown; the typing indicator is renewed every few seconds instead.
+seconds), as proactive activities through ``continue_conversation`` with the conversation
+reference of the question. In a personal chat it streams (:mod:`bot.teams.stream`): what kbot
+is doing, the answer as it grows, then the final message. Teams streams nowhere else, so in group
+chats and channels the typing indicator is renewed every few seconds until the one message.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from msrest.exceptions import ClientRequestError, HttpOperationError
 
 from agent.answering import AnswerResult
 from bot.teams.render import answer_activity
+from bot.teams.stream import TeamsStream
 from kbot.errors import ChatError
 
 log = logging.getLogger(__name__)
@@ -42,25 +44,39 @@ class TeamsReply:
         self._app_id = app_id
         self._links = links
         self._typing: asyncio.Task[None] | None = None
+        personal = reference.conversation.conversation_type == "personal"
+        self.stream = TeamsStream(self.send) if personal else None
 
     async def working(self) -> None:
-        self._typing = asyncio.create_task(self._keep_typing(), name="teams typing")
+        if self.stream is None:
+            self._typing = asyncio.create_task(self._keep_typing(), name="teams typing")
 
     async def status(self, lines: list[str]) -> None:
-        """Not shown yet."""
+        if self.stream is not None and lines:
+            await self.stream.inform(lines[0])
 
     async def update(self, text: str) -> None:
-        """Not shown: the typing indicator stands for progress."""
+        if self.stream is not None:
+            await self.stream.text(text)
 
     async def finish(self, result: AnswerResult) -> list[str]:
         await self._stop_typing()
         in_channel = self._reference.conversation.conversation_type == "channel"
-        return [await self.send(answer_activity(result, self._links, inline_sources=in_channel))]
+        activity = answer_activity(result, self._links, inline_sources=in_channel)
+        return [await self._final(activity)]
 
     async def notice(self, text: str, *, private: bool = False) -> None:
         # Teams has no message only one person in a chat sees; the notice is short and polite.
         await self._stop_typing()
-        await self.send(Activity(type=ActivityTypes.message, text=text))
+        await self._final(Activity(type=ActivityTypes.message, text=text))
+
+    async def _final(self, activity: Activity) -> str:
+        if self.stream is None:
+            return await self.send(activity)
+        try:
+            return await self.stream.final(activity)
+        finally:
+            await self.stream.close()
 
     async def send(self, activity: Activity) -> str:
         """Send one activity into the question's conversation; the id Teams gave it."""
@@ -81,7 +97,9 @@ class TeamsReply:
         except _SEND_ERRORS as exc:
             failed.append(exc)
         if failed:
-            raise ChatError(f"Teams did not accept the reply: {failed[0]}") from failed[0]
+            response = getattr(failed[0], "response", None)
+            code = str(getattr(response, "status_code", "") or "")
+            raise ChatError(f"Teams did not accept the reply: {failed[0]}", code) from failed[0]
         return sent[0] if sent else ""
 
     async def _keep_typing(self) -> None:
