@@ -45,6 +45,7 @@ from bot.chat import ChatService
 from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.slack import render
+from bot.slack.assistant import SlackAssistant
 from bot.slack.calls import call_slack
 from bot.slack.directory import SlackDirectory
 from bot.slack.feedback import REASONS_VIEW, DownvoteReasons
@@ -104,6 +105,7 @@ class SlackAdapter:
         self.capabilities = Capabilities(streaming=settings.slack_streaming)
         self._identity: AsyncSlackResponse | None = None
         self.reasons = DownvoteReasons(self.client, service, self._tell)
+        self.assistant = SlackAssistant(self.client, service)
 
         async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
             # A plain function: bolt passes arguments by parameter name (a method's self confuses it).
@@ -119,6 +121,8 @@ class SlackAdapter:
         self.app.use(IgnoreOtherBots())
         self.app.event("app_mention")(self.on_mention)
         self.app.event("message")(self.on_message)
+        self.app.event("assistant_thread_started")(self.assistant.on_thread_started)
+        self.app.event("app_home_opened")(self.assistant.on_home_opened)
         self.app.event("reaction_added")(self.on_reaction_added)
         self.app.event("reaction_removed")(self.on_reaction_removed)
         self.app.action(render.FEEDBACK)(self.on_vote_button)
@@ -200,6 +204,8 @@ class SlackAdapter:
             mentions_others=bool(mentions(text) - {context.bot_user_id, user}),
             identities=(team,) if team else (),
         )
+        if is_dm and thread_ts and thread_ts != ts:
+            await self.assistant.title(channel, thread_ts, question)
         self.service.submit(message, answer_with)
 
     # --- feedback ---
