@@ -239,12 +239,29 @@ async def test_channel_mention_is_answered_in_its_thread(teams: TeamsEnv) -> Non
     [row] = await teams.rows(Answer)
     assert row.question == QUESTION  # "<at>kbot</at>" stripped
     assert row.channel == "19:hr-help@thread.tacv2"
-    # Without a mention, channel chatter is not a question.
+    # Without a mention, someone else's chatter in the thread, or a new post, is not a question.
+    bob = {"id": "29:1bob", "name": "Bob", "aadObjectId": "aad-bob"}
     chatter = channel_mention(teams.connector.url, "thanks all", root="1700000000100")
-    chatter["text"], chatter["entities"] = "thanks all", []
+    chatter["text"], chatter["entities"], chatter["from"] = "thanks all", [], bob
     await teams.post(chatter)
-    await wait_until(lambda: teams.stats["ignored"] == 1)
-    assert teams.stats["answered"] == 1
+    top = channel_mention(teams.connector.url, "lunch?", root="1700000000999")
+    top["text"], top["entities"], top["id"] = "lunch?", [], "1700000000999"
+    await teams.post(top)
+    # Alice, who asked, talking to a colleague in the thread: not to kbot either.
+    aside = channel_mention(teams.connector.url, "<at>Bob</at> see above", root="1700000000100")
+    aside["entities"] = [
+        {"type": "mention", "text": "<at>Bob</at>", "mentioned": {"id": "29:1bob", "name": "Bob"}}
+    ]
+    await teams.post(aside)
+    await wait_until(lambda: teams.stats["ignored"] == 3)
+    # Her follow-up needs no new mention, as in Slack threads; it is asked with the thread's history.
+    follow_up = channel_mention(teams.connector.url, "And a doctor's note?", root="1700000000100")
+    follow_up["text"], follow_up["entities"] = "And a doctor's note?", []
+    await teams.post(follow_up)
+    await wait_until(lambda: teams.stats["answered"] == 2)
+    assert teams.stats["ignored"] == 3
+    assert [r.thread for r in await teams.rows(Answer)] == [answer["conversation"]["id"]] * 2
+    assert QUESTION in json.dumps(teams.env.model.requests[-1][1]["messages"])
 
 
 async def _answered(teams: TeamsEnv) -> tuple[str, str]:

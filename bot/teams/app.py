@@ -14,7 +14,8 @@ Whatever the mode, a request a web page could send is refused first (:mod:`bot.t
 
 Activities kbot handles:
 
-- ``message`` in a personal chat, or mentioning kbot in a channel or group chat → a question
+- ``message`` in a personal chat, mentioning kbot in a channel or group chat, or in a channel
+  thread from someone kbot answered there → a question
   (mention stripped), answered in the same conversation (a channel thread's id carries the
   thread, so the answer lands there);
 - ``invoke`` ``message/fetchTask`` and ``message/submitAction`` with ``actionName: "feedback"``
@@ -227,6 +228,8 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
         for mention in filter(None, mentions):  # removed once: kbot's name elsewhere stays
             text = text.replace(mention, " ", 1)
         question, reply = limit_question(" ".join(text.split()), self._adapter.reply_for(activity))
+        # A channel thread's conversation id names its root post: a reply to it has another id.
+        root = (conversation.id or "").partition(";messageid=")[2]
         team, channel = _channel_data_id(activity, "team"), _channel_data_id(activity, "channel")
         # Restricted documents only where the asker alone reads the answer: a one-to-one chat.
         private = personal and not conversation.is_group and not (team or channel)
@@ -240,6 +243,10 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             text=question,
             addressed=personal or bool(mentions),
             private=private,
+            # Follow-ups there need no new mention from those who asked kbot in the thread
+            # (Teams delivers them with the ChannelMessage.Read.Group permission).
+            in_thread=bool(root) and root != activity.id,
+            mentions_others=_mentions_others(activity),
             places=tuple(p for p in (channel, team) if p),
             identities=() if emulator else tuple(t for t in (_tenant(activity),) if t),
             anonymous=emulator,
@@ -334,6 +341,17 @@ def _kbot_mentions(activity: Activity) -> list[str]:
         ):
             found.append(text if isinstance(text, str) else "")
     return found
+
+
+def _mentions_others(activity: Activity) -> bool:
+    """Someone other than kbot is mentioned: the message is addressed to them."""
+    for entity in activity.entities or []:
+        mentioned = (entity.additional_properties or {}).get("mentioned")
+        if not (str(entity.type).lower() == "mention" and isinstance(mentioned, dict)):
+            continue
+        if mentioned.get("id") != activity.recipient.id:
+            return True
+    return False
 
 
 def _channel_data_id(activity: Activity, key: str) -> str | None:
