@@ -1,6 +1,7 @@
 """``kbot serve``: one aiohttp server for every chat platform.
 
-Routes: ``GET /healthz``; ``GET /metrics`` (Prometheus); ``POST /slack/events`` (Events API and
+Routes: ``GET /healthz`` (liveness); ``GET /readyz`` (the SQL store, vector store and model,
+:mod:`bot.readiness`); ``GET /metrics`` (Prometheus); ``POST /slack/events`` (Events API and
 interactivity) when Slack is configured; ``POST /api/messages`` (Teams, Bot Framework); the web
 UI (``/``, ``/dashboard``, ``/api/…``, see :mod:`bot.web`). Socket Mode replaces the Slack route
 with an outbound WebSocket for workspaces that cannot expose a URL. Every request gets an id
@@ -32,6 +33,7 @@ from agent.answering import Answerer
 from bot import metrics
 from bot.chat import ChatService
 from bot.ledger import ChatLedger
+from bot.readiness import Readiness
 from bot.slack import payload as slack_payload
 from bot.slack.app import SlackAdapter
 from bot.spool import FeedbackSpool
@@ -52,6 +54,7 @@ DRAIN_S = 30.0
 SLACK_KEY = web.AppKey("slack", SlackAdapter)
 SERVICE_KEY = web.AppKey("service", ChatService)
 TEAMS_KEY = web.AppKey("teams", TeamsAdapter)
+READY_KEY = web.AppKey("readiness", Readiness)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -129,6 +132,8 @@ def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=1024**2, middlewares=[_observe])
     app[SERVICE_KEY] = runtime.service
     app.router.add_get("/healthz", _healthz)
+    app[READY_KEY] = Readiness(runtime.service.answerer)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     WebUI(runtime.settings, runtime.service, runtime.admin).mount(app)
     if runtime.slack is not None:
@@ -155,6 +160,14 @@ async def _healthz(request: web.Request) -> web.Response:
     # Anyone may ask: whether Teams is on, never how it authenticates (an open endpoint invites).
     teams = "on" if TEAMS_KEY in request.app else "off"
     return web.json_response({"status": "ok", "slack": SLACK_KEY in request.app, "teams": teams})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    checks = await request.app[READY_KEY].check()
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        return web.json_response({"status": "not ready", "down": down, "checks": checks}, status=503)
+    return web.json_response({"status": "ready", "checks": checks})
 
 
 @web.middleware

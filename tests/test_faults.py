@@ -11,6 +11,7 @@ without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -84,8 +85,15 @@ async def vote_web(env: SlackEnv, answer_id: str, cookies: dict[str, str], value
     return (await env.client.post("/api/feedback", json=body, cookies=cookies)).status
 
 
-async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any) -> None:
-    """The shared script: answer, break the store, vote and ask, repair, check nothing was lost."""
+async def readiness(env: SlackEnv) -> tuple[int, list[str]]:
+    response = await env.client.get("/readyz")
+    return response.status, (await response.json()).get("down", [])
+
+
+async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any, unready: bool = False) -> None:
+    """The shared script: answer, break the store, vote and ask, repair, check nothing was lost.
+    ``unready``: the outage also makes ``/readyz`` say the database is down (and back after)."""
+    assert await readiness(env) == (200, [])
     stream, cookies, _ = await web_ask(env)
     web_answer = answer_of(stream)["answer_id"]
     await slack_answer(env)
@@ -113,8 +121,14 @@ async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any) -> None:
         assert took < DEADLINE_S and any("database is not available" in n for n in notices), notices
         text, took = await slack_answer(env, user="U9")
         assert took < DEADLINE_S and "database is not available" in text, text
+        if unready:  # the load balancer stops sending people here; liveness stays
+            status = await poll_readiness(env, 503)
+            assert status == (503, ["database"])
+            assert (await env.client.get("/healthz")).status == 200
     finally:
         await up()
+    if unready:
+        assert await poll_readiness(env, 200) == (200, [])
 
     # Back: the kept votes are written (the last web vote wins) and questions are answered again.
     await wait_until(lambda: spool.pending == 0, timeout=30)
@@ -123,6 +137,14 @@ async def outage_and_recovery(env: SlackEnv, *, down: Any, up: Any) -> None:
     assert answer_of(stream)["status"] == "ok"
     text, _ = await slack_answer(env, user="U8")
     assert "Sources" in text
+
+
+async def poll_readiness(env: SlackEnv, status: int, timeout: float = 20.0) -> tuple[int, list[str]]:
+    """``/readyz`` until it answers ``status`` (its verdict is cached a few seconds)."""
+    deadline = time.monotonic() + timeout
+    while (found := await readiness(env))[0] != status and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return found
 
 
 async def test_postgres_outage(tmp_path: Path, embedder: Embedder, own_postgres: str) -> None:
@@ -135,7 +157,7 @@ async def test_postgres_outage(tmp_path: Path, embedder: Embedder, own_postgres:
         reopen(name)
 
     async with slack_env(tmp_path, embedder, database_url=own_postgres) as env:
-        await outage_and_recovery(env, down=down, up=up)
+        await outage_and_recovery(env, down=down, up=up, unready=True)
 
 
 async def test_sqlite_locked_by_another_process(tmp_path: Path, embedder: Embedder) -> None:
@@ -202,10 +224,14 @@ async def test_model_server_killed_and_back(tmp_path: Path, embedder: Embedder) 
             assert "127.0.0.1" not in json.dumps(stream)  # where it runs is for the log only
             text, took = await slack_answer(env, user="U5")
             assert "Sorry" in text and took < DEADLINE_S and "127.0.0.1" not in text
+            assert await poll_readiness(env, 503) == (503, ["model"])
+            response = await env.client.get("/readyz")
+            assert "127.0.0.1" not in await response.text()
 
             async with model_server(port):  # back where it was: answers resume, no restart
                 stream, _, _ = await web_ask(env, cookies)
                 assert answer_of(stream)["status"] == "ok"
+                assert await poll_readiness(env, 200) == (200, [])
     finally:
         await first.__aexit__(None, None, None)
 

@@ -68,6 +68,11 @@ class LocalBackend:
     async def warm_up(self) -> None:
         await asyncio.to_thread(self._load)
 
+    async def ready(self) -> None:
+        """In-process: ready once loaded (``kbot serve`` loads it before serving)."""
+        if self._model is None:
+            raise ModelError(f"The model {self._name} is not loaded yet")
+
     async def first_tokens(self, text: str, limit: int) -> str:
         """Counted by the model's own tokenizer (loaded on first use, without the model)."""
         return await asyncio.to_thread(self._first_tokens, text, limit)

@@ -87,6 +87,15 @@ class OpenAIBackend:
     async def warm_up(self) -> None:
         """Nothing to load here: the model lives in the server."""
 
+    async def ready(self) -> None:
+        """The server answers its model list (cheap: no tokens generated)."""
+        try:
+            response = await self._client.get(f"{self._base}/models", timeout=2.0)
+        except httpx.HTTPError as exc:
+            raise ModelError(f"The model server at {self._shown} failed: {exc!r}") from exc
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            raise ModelError(f"The model server at {self._shown} answered {response.status_code}")
+
     async def first_tokens(self, text: str, limit: int) -> str:
         """Estimated (:func:`estimated_first_tokens`): the model's tokenizer lives in the server."""
         return estimated_first_tokens(text, limit)
