@@ -115,6 +115,7 @@ def ingest(
     Example:  kbot ingest handbook/ --collection hr --acl hr-team
     """
     from knowledge.base import KnowledgeBase
+    from knowledge.ingest import NO_TEXT
 
     async def go() -> int:
         kb = await KnowledgeBase.open(_settings())
@@ -137,8 +138,11 @@ def ingest(
             typer.echo(f"  skipped {len(unsupported)} files of unsupported types", err=True)
             for source in unsupported[:5]:
                 typer.echo(f"    {source}: unsupported file type", err=True)
+        empty = [source for source, reason in report.skipped if reason == NO_TEXT]
+        for source in empty:  # read fine, nothing to index (a table of contents): not a failure
+            typer.echo(f"  skipped (no text): {source}", err=True)
         for source, reason in report.skipped:  # links and system paths were refused: each is named
-            if reason != "unsupported file type":
+            if reason not in ("unsupported file type", NO_TEXT):
                 typer.echo(f"  skipped: {source}: {reason}", err=True)
         return 1 if report.failed else 0
 

@@ -75,6 +75,10 @@ class DocumentLoadError(DocumentError):
     """The file exists but could not be read or parsed."""
 
 
+class NoTextError(DocumentLoadError):
+    """The file was read, and holds nothing to index (empty, a table of contents, only images)."""
+
+
 class EmbeddingError(KnowledgeError):
     """The embedding model could not be loaded or run."""
 

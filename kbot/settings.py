@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     )
     slack_streaming: bool = Field(
         default=True,
-        description="Stream answers with Slack's chat.startStream where a workspace allows it (else chat.update).",
+        description="Stream answers with Slack's chat.startStream where a workspace allows it.",
     )
     teams_app_id: str | None = Field(
         default=None,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kbot.errors import DocumentError, DocumentLoadError
+from kbot.errors import DocumentError, DocumentLoadError, NoTextError
 from knowledge import sparse
 from knowledge.catalog import Catalog, ChunkRow, StoredDocument, check_collection_name, check_groups
 from knowledge.chunking import CHUNKER_VERSION, ChunkDraft, Chunker
@@ -36,6 +36,7 @@ from knowledge.loaders import is_supported, load_document, open_document, read_d
 from knowledge.vectorstore import PUBLIC, ChunkPayload, ChunkRecord, VectorStore
 
 log = logging.getLogger(__name__)
+NO_TEXT = "no text"  # IngestReport.skipped's reason for a file with nothing to index
 _CHUNK_NAMESPACE = uuid.UUID("6b626f74-0000-4000-8000-63686e6b0001")
 
 
@@ -158,6 +159,14 @@ class Ingestor:
                 try:
                     is_new = item.source not in stored
                     prepared = await asyncio.to_thread(self._prepare, item, collection, is_new)
+                except NoTextError:
+                    # Read fine, nothing to index (a table of contents): skipped, not failed. A
+                    # document that became empty must not keep answering from its old text.
+                    report.skipped.append((item.source, NO_TEXT))
+                    if (old := stored.get(item.source)) is not None:
+                        await self._store.delete_document(collection, item.source)
+                        await self._catalog.delete_document(old.id)
+                        report.deleted.append(item.source)
                 except DocumentError as exc:
                     report.failed.append((item.source, exc.reason))
                     log.info("skipped %s: %s", item.source, exc.reason)
@@ -201,7 +210,7 @@ class Ingestor:
             raise DocumentLoadError(item.source, f"extracted text is over the {limit} ({chars:,} characters)")
         drafts = self._get_chunker().chunk(document)
         if not drafts:
-            raise DocumentLoadError(item.source, "no text to index")
+            raise NoTextError(item.source, "no text to index")
         if len(drafts) > limits.max_chunks:
             raise DocumentLoadError(
                 item.source,

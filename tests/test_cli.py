@@ -21,6 +21,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     cwd = tmp_path_factory.mktemp("cli")
     shutil.copytree(EXAMPLES, cwd / "handbook")
     (cwd / "handbook" / "notes.xyz").write_text("not a supported type")
+    # Sphinx sources' table of contents (Python's docs ship three): read fine, nothing to index.
+    (cwd / "handbook" / "contents.rst.txt").write_text(".. toctree::\n   :maxdepth: 2\n\n   leave-policy\n")
     env = {**os.environ, "KBOT_DATA_DIR": str(cwd / "state"), "PYTHONPATH": str(Path.cwd())}
     env.pop("KBOT_DATABASE_URL", None)
     env.pop("KBOT_QDRANT_URL", None)
@@ -28,6 +30,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("hr: 4 added, 0 updated, 0 unchanged, 0 deleted, 0 failed;")
     assert "skipped 1 files of unsupported types" in result.stderr
+    assert "skipped (no text): handbook/contents.rst.txt" in result.stderr  # and the exit status is 0
     return cwd, env
 
 

@@ -108,9 +108,13 @@ async def test_bad_files_are_reported_and_the_rest_ingests(kb: KnowledgeBase, do
     (docs / "photo.png").write_bytes(b"\x89PNG\r\n")
     report = await kb.ingest(["handbook", "missing.md"], "hr")
     failed = dict(report.failed)
-    assert set(failed) == {"handbook/broken.pdf", "handbook/empty.md", "missing.md"}
+    assert set(failed) == {"handbook/broken.pdf", "missing.md"}
     assert "no such file" in failed["missing.md"]
-    assert report.skipped == [("handbook/photo.png", "unsupported file type")]
+    # Read, but nothing to index (empty, or only a table of contents): skipped, not failed.
+    assert sorted(report.skipped) == [
+        ("handbook/empty.md", "no text"),
+        ("handbook/photo.png", "unsupported file type"),
+    ]
     assert len(report.added) == 4
 
     # A file that later fails keeps its last good version searchable.
@@ -119,6 +123,16 @@ async def test_bad_files_are_reported_and_the_rest_ingests(kb: KnowledgeBase, do
     assert "handbook/leave-policy.md" in dict(again.failed)
     hits = await kb.search("parental leave weeks", ["hr"], limit=3)
     assert any("16 weeks" in h.text for h in hits)
+
+
+async def test_a_document_emptied_is_skipped_and_leaves_the_index(kb: KnowledgeBase, docs: Path) -> None:
+    await kb.ingest(["handbook"], "hr")
+    assert any("16 weeks" in h.text for h in await kb.search("parental leave weeks", ["hr"], limit=3))
+    (docs / "leave-policy.md").write_text("<!-- moved to the wiki -->\n")
+    report = await kb.ingest(["handbook"], "hr")
+    assert report.failed == [] and ("handbook/leave-policy.md", "no text") in report.skipped
+    assert report.deleted == ["handbook/leave-policy.md"]
+    assert not any("16 weeks" in h.text for h in await kb.search("parental leave weeks", ["hr"], limit=5))
 
 
 async def test_unknown_collection_is_a_clear_error(kb: KnowledgeBase, docs: Path) -> None:

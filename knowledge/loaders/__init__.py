@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from kbot.errors import DocumentError, DocumentLoadError, UnsupportedFileError
+from kbot.errors import DocumentError, DocumentLoadError, NoTextError, UnsupportedFileError
 from knowledge.document import LoadedDocument
 from knowledge.loaders import markup, office
 from knowledge.loaders._files import SYSTEM_REASON, is_system_path, open_document, read_document
@@ -83,7 +83,7 @@ def load_document(path: Path, source: str | None = None, data: bytes | None = No
         detail = str(exc) or type(exc).__name__
         raise DocumentLoadError(source, f"not a readable {kind} file ({detail})") from exc
     if document.is_empty:
-        raise DocumentLoadError(source, "no text found: the file is empty or holds only images or markup")
+        raise NoTextError(source, "no text found: the file is empty or holds only images or markup")
     return document
 
 
