@@ -16,7 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from bot import db_cli, doctor, golden_cli, learning_cli
+from bot import db_cli, doctor, golden_cli, knowledge_cli, learning_cli
 from kbot.errors import ConfigError, KbotError
 from kbot.logs import configure, use_format
 from kbot.settings import Settings, load_settings
@@ -285,37 +285,6 @@ def ask(
 
 
 @app.command()
-def collections(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """List collections with their document and chunk counts."""
-
-    async def go() -> None:
-        from kbot.db import Database
-        from knowledge.catalog import Catalog
-
-        settings = _settings()
-        db = Database(settings.sql_url)
-        try:
-            await db.migrate()
-            stats = await Catalog(db).stats()
-        finally:
-            await db.close()
-        if as_json:
-            typer.echo(json.dumps([s.__dict__ for s in stats], indent=2))
-            return
-        if not stats:
-            typer.echo("No collections yet. Create one with: kbot ingest PATH --collection NAME")
-            return
-        width = max(len(s.name) for s in stats)
-        typer.echo(f"{'COLLECTION':<{width}}  {'DOCUMENTS':>9}  {'CHUNKS':>8}  MODEL")
-        for s in stats:
-            typer.echo(f"{s.name:<{width}}  {s.documents:>9}  {s.chunks:>8}  {s.embedding_model}")
-
-    _run(go)
-
-
-@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default KBOT_SERVER_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default KBOT_SERVER_PORT).")] = None,
@@ -365,6 +334,7 @@ def serve(
 
 
 for name, sub_app in (
+    ("collections", knowledge_cli.collections_app),
     ("db", db_cli.db_app),
     ("feedback", learning_cli.feedback_app),
     ("train", learning_cli.train_app),
@@ -372,6 +342,7 @@ for name, sub_app in (
     ("golden", golden_cli.golden_app),
 ):
     app.add_typer(sub_app, name=name)
+app.command("delete")(knowledge_cli.delete_command)
 app.command("eval")(learning_cli.eval_command)
 app.command("nightly")(learning_cli.nightly_command)
 app.command("doctor")(doctor.command)

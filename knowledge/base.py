@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 
 from kbot.db import Database
@@ -71,6 +72,32 @@ class KnowledgeBase:
         return await self.ingestor.run(
             paths, collection, acl, progress=progress, follow_symlinks=follow_symlinks
         )
+
+    async def delete(self, paths: Sequence[str], collection: str) -> dict[str, list[str]]:
+        """Remove the documents at ``paths`` (files, or every document under a folder) from
+        ``collection``: vectors (dense and sparse), then catalog rows. Per path: what went."""
+        await self.catalog.require([collection])
+        await self.store.prepare(self.embedder.dimension)
+        stored = await self.catalog.documents(collection)
+        gone: dict[str, list[str]] = {}
+        for path in paths:
+            wanted = os.path.normpath(path)
+            folder = wanted.rstrip("/") + "/"
+            matched = sorted(src for src in stored if src in (wanted, path) or src.startswith(folder))
+            for source in matched:
+                await self.store.delete_document(collection, source)
+                await self.catalog.delete_document(stored.pop(source).id)
+            gone[path] = matched
+        return gone
+
+    async def delete_collection(self, name: str) -> CollectionStats:
+        """Remove ``name`` and all it holds; what it held."""
+        await self.catalog.require([name])
+        [stats] = [c for c in await self.catalog.stats() if c.name == name]
+        await self.store.prepare(self.embedder.dimension)
+        await self.store.delete_collection(name)
+        await self.catalog.delete_collection(name)
+        return stats
 
     async def search(
         self,

@@ -146,6 +146,14 @@ class Catalog:
             await s.execute(delete(Chunk).where(Chunk.document_id == document_id))
             await s.execute(delete(Document).where(Document.id == document_id))
 
+    async def delete_collection(self, name: str) -> None:
+        """The collection's row, documents and chunk rows, in one transaction."""
+        async with self._db.session() as s:
+            documents = select(Document.id).where(Document.collection == name)
+            await s.execute(delete(Chunk).where(Chunk.document_id.in_(documents)))
+            await s.execute(delete(Document).where(Document.collection == name))
+            await s.execute(delete(Collection).where(Collection.name == name))
+
     async def stats(self) -> list[CollectionStats]:
         async with self._db.session() as s:
             rows = await s.execute(

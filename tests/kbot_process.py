@@ -10,8 +10,12 @@ from pathlib import Path
 KBOT = [sys.executable, "-c", "from bot.cli import main; main()"]
 
 
-def kbot(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def kbot(
+    *args: str, cwd: Path, env: dict[str, str], input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*KBOT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, input=input
+    )
 
 
 def free_port() -> int:

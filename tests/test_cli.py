@@ -316,3 +316,32 @@ def test_debug_logs_leave_out_what_people_wrote_unless_asked(tmp_path: Path, ver
     assert "DEBUG" in run.stderr  # debug output is on
     assert "no such table: nowhere" in run.stdout and "ERROR-MARKER" not in run.stdout
     assert ("QUESTION-MARKER" in run.stderr) == ("ERROR-MARKER" in run.stderr) == (verbosity == 3)
+
+
+def test_delete_documents_then_a_collection(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLES, tmp_path / "handbook")
+    env = {**os.environ, "KBOT_DATA_DIR": str(tmp_path / "state"), "PYTHONPATH": str(Path.cwd())}
+    env.pop("KBOT_DATABASE_URL", None)
+    env.pop("KBOT_QDRANT_URL", None)
+    assert kbot("ingest", "handbook", "-c", "hr", cwd=tmp_path, env=env).returncode == 0
+    before = kbot("search", "parental leave weeks", "-c", "hr", "-k", "3", "--json", cwd=tmp_path, env=env)
+    assert "handbook/leave-policy.md" in {h["source"] for h in json.loads(before.stdout)}
+
+    gone = kbot("delete", "handbook/leave-policy.md", "gone.md", "-c", "hr", cwd=tmp_path, env=env)
+    assert gone.returncode == 1  # gone.md was never ingested
+    assert gone.stdout.splitlines()[:2] == ["hr: 1 document deleted", "  deleted: handbook/leave-policy.md"]
+    assert "not in hr: gone.md" in gone.stderr
+    after = kbot("search", "parental leave weeks", "-c", "hr", "-k", "5", "--json", cwd=tmp_path, env=env)
+    assert "handbook/leave-policy.md" not in {h["source"] for h in json.loads(after.stdout)}
+    keyword = kbot("search", "parental", "-c", "hr", "-k", "5", "--json", cwd=tmp_path, env=env)
+    assert all(h["source"] != "handbook/leave-policy.md" for h in json.loads(keyword.stdout))
+    [row] = json.loads(kbot("collections", "--json", cwd=tmp_path, env=env).stdout)
+    assert row["documents"] == 3
+
+    refused = kbot("collections", "delete", "hr", cwd=tmp_path, env=env, input="n\n")
+    assert refused.returncode == 1 and "Nothing deleted." in refused.stdout
+    dropped = kbot("collections", "delete", "hr", "--yes", cwd=tmp_path, env=env)
+    assert dropped.returncode == 0 and dropped.stdout.startswith("Deleted collection hr: 3 documents,")
+    assert json.loads(kbot("collections", "--json", cwd=tmp_path, env=env).stdout) == []
+    unknown = kbot("search", "parental", "-c", "hr", cwd=tmp_path, env=env)
+    assert unknown.returncode == 2 and "does not exist" in unknown.stderr
