@@ -106,6 +106,7 @@ class Answerer:
         self.adapters = AdapterRegistry(kb.db)
         # Approved corrections, answered from at once: the review queue calls add()/remove().
         self.verified = VerifiedAnswers(kb)
+        self.checkpointer = checkpointer  # conversation memory: kbot forget and retention prune it
         self._graph = build_graph().compile(checkpointer=checkpointer)
         self._exits = exits
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from agent.answering import Answerer, AnswerResult, Progress, Question
-from bot import metrics, status
+from bot import metrics, privacy, status
 from bot.access import Access
 from bot.conversation import FeedbackEvent, IncomingMessage, Reply
 from bot.ledger import ChatLedger
@@ -334,6 +334,8 @@ class ChatService:
     async def housekeeping(self) -> None:
         removed = await self.ledger.prune(LEDGER_RETENTION)
         log.debug("pruned %d old inbound events", removed)
+        if self.settings.retention_days:
+            await privacy.expire(self.answerer, self.settings.retention_days)
 
     async def drain(self, timeout: float) -> None:
         """Let answers in flight finish (up to ``timeout`` s), then cancel the rest."""

@@ -1,8 +1,9 @@
-"""``kbot db``: the SQL store."""
+"""``kbot db``: the SQL store; ``kbot forget``: erasing a person from it."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import typer
 
@@ -23,5 +24,35 @@ def db_upgrade() -> None:
         finally:
             await db.close()
         typer.echo(f"SQL store is up to date: {db.display_url}")
+
+    asyncio.run(go())
+
+
+def forget_command(
+    person: Annotated[
+        str,
+        typer.Argument(
+            help="Who, as kbot logs askers: slack:U0123, teams:<AAD object id>, web:alice@example.com."
+        ),
+    ],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a person: their questions and answers, votes, corrections, conversation memory, events."""
+    from agent.answering import Answerer
+    from bot.cli import _settings
+    from bot.privacy import forget, parse_person
+
+    parse_person(person)  # a typo is an error before anything is asked
+    if not yes and not typer.confirm(f"Delete everything kbot keeps of {person}?"):
+        typer.echo("Nothing deleted.")
+        raise typer.Exit(1)
+
+    async def go() -> None:
+        answerer = await Answerer.open(_settings())
+        try:
+            erased = await forget(answerer, person)
+        finally:
+            await answerer.close()
+        typer.echo(f"Forgot {person}: {erased}.")
 
     asyncio.run(go())

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Least time between two updates of a streaming answer (Slack rate-limits chat.update).",
     )
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Delete questions, answers, conversation memory and inbound events older than this.",
+    )
     slack_streaming: bool = Field(
         default=True,
         description="Stream answers with Slack's chat.startStream where a workspace allows it.",

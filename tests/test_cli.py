@@ -345,3 +345,15 @@ def test_delete_documents_then_a_collection(tmp_path: Path) -> None:
     assert json.loads(kbot("collections", "--json", cwd=tmp_path, env=env).stdout) == []
     unknown = kbot("search", "parental", "-c", "hr", cwd=tmp_path, env=env)
     assert unknown.returncode == 2 and "does not exist" in unknown.stderr
+
+
+def test_forget_a_person(workdir: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = workdir
+    typo = kbot("forget", "U0123", "--yes", cwd=cwd, env=env)
+    assert typo.returncode == 2 and "write PLATFORM:ID, e.g. slack:U0123" in typo.stderr
+    done = kbot("forget", "slack:U0123", "--yes", cwd=cwd, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip()
+        == "Forgot slack:U0123: 0 answers, 0 votes, 0 corrections, 0 events, 0 conversations."
+    )
