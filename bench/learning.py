@@ -65,6 +65,9 @@ class Shown:
     async def working(self) -> None:
         return None
 
+    async def status(self, lines: list[str]) -> None:
+        return None
+
     async def update(self, text: str) -> None:
         return None
 

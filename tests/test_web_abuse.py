@@ -230,9 +230,13 @@ class Recorded:
     def __init__(self) -> None:
         self.notices: list[str] = []
         self.results: list[AnswerResult] = []
+        self.statuses: list[list[str]] = []
 
     async def working(self) -> None:
         pass
+
+    async def status(self, lines: list[str]) -> None:
+        self.statuses.append(lines)
 
     async def update(self, text: str) -> None:
         pass

@@ -117,7 +117,12 @@ def _ask(page: Any, question: str) -> Any:
             const node = document.querySelectorAll('.msg.answer')[i];
             const text = node.querySelector('.text');
             window.kbotShown = [];
-            const seen = () => { if (!node.dataset.answerId) window.kbotShown.push(text.textContent); };
+            window.kbotStatus = [];  // the status line ("Reading 3 sources…") is no answer text
+            const seen = () => {
+              if (node.dataset.answerId) return;
+              if (text.classList.contains('status')) window.kbotStatus.push(text.textContent);
+              else window.kbotShown.push(text.textContent);
+            };
             new MutationObserver(seen)
               .observe(text, {childList: true, characterData: true, subtree: true});
         }""",
@@ -142,6 +147,9 @@ def test_ask_stream_cite_vote_and_suggest(server: dict[str, Any], browser: Any) 
     # the checked text (the model's draft is held back until the grounding check).
     final = _answer_text(bubble)
     assert all(text.strip() in ("", final.strip()) for text in shown), shown
+    # While the model wrote, the bubble said what kbot was doing, then gave way to the answer.
+    assert any(line.startswith("Reading ") for line in page.evaluate("window.kbotStatus"))
+    assert bubble.locator(".text.status").count() == 0
     assert "10 days" in final and "16" not in final
     answer_id = bubble.get_attribute("data-answer-id")
     assert answer_id and bubble.get_attribute("data-status") == "ok"
