@@ -161,7 +161,7 @@ class SlackReply:
         if result.status != "error":
             extra += render.feedback_blocks(result.answer_id)
         if self._stream is not None:
-            markdown = render.to_markdown(result.answer)
+            markdown = render.to_markdown(result.answer) or "…"
             if not self._streamed:  # the whole answer at once: its [n] can link to the sources
                 markdown = render.markdown_markers(markdown, result.citations, self._links)
             try:
