@@ -60,8 +60,11 @@ async def test_chat_streams_the_answer_with_citations_and_sets_a_visitor(env: Sl
     assert visitor["httponly"] and visitor["samesite"] == "Lax"
     stream = await events(response)
     kinds = [e for e, _ in stream]
-    # The draft is held back for the grounding check: the checked text comes whole, as the answer.
-    assert kinds == ["working", "answer", "end"]
+    # The draft is held back for the grounding check: the checked text comes whole, as the answer,
+    # after the status lines of its stages (no delta: nothing unchecked is sent).
+    assert kinds == ["working", "status", "status", "answer", "end"]
+    statuses = [d["text"] for e, d in stream if e == "status"]
+    assert statuses[0] == "Searching handbook…" and statuses[1].startswith("Reading ")
     answer = answer_of(stream)
     assert answer["text"] == "Sick leave is 10 days per year [1]."
     [citation] = answer["citations"]
