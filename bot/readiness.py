@@ -34,9 +34,14 @@ class Readiness:
             async with kb.db.session() as s:
                 await s.execute(text("SELECT 1"))
 
+        async def vector_store() -> None:
+            # Opened on first use (a fresh server has not searched yet); opening twice is a no-op.
+            await kb.store.prepare(kb.embedder.dimension)
+            await kb.store.count("__readyz__")
+
         self._checks: dict[str, Check] = {
             "database": database,
-            "vector_store": lambda: kb.store.count("__readyz__"),
+            "vector_store": vector_store,
             "model": answerer.backend.ready,
         }
         self._clock = clock

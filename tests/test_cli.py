@@ -153,6 +153,14 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
     try:
         health = await _wait_healthy(f"http://127.0.0.1:{port}", off)
         assert health == {"status": "ok", "slack": False, "teams": "off"}
+        # Ready before anyone asked: the embedded shard opens for the check, the model is loaded.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/readyz") as response,
+        ):
+            ready = await response.json()
+        assert response.status == 200, ready
+        assert ready["checks"] == {"database": "ok", "vector_store": "ok", "model": "ok"}
     finally:
         off.send_signal(signal.SIGTERM)
         _, stderr = off.communicate(timeout=60)
