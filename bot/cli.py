@@ -60,6 +60,13 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(factory())  # type: ignore[arg-type]
 
 
+def _confirm(question: str, yes: bool) -> None:
+    """Go on only if ``--yes`` was given or the person says yes; else exit 1, nothing done."""
+    if not yes and not typer.confirm(question):
+        typer.echo("Nothing deleted.")
+        raise typer.Exit(1)
+
+
 @app.callback()
 def _root(
     config: Annotated[

@@ -39,13 +39,11 @@ def forget_command(
 ) -> None:
     """Erase a person: their questions and answers, votes, corrections, conversation memory, events."""
     from agent.answering import Answerer
-    from bot.cli import _settings
+    from bot.cli import _confirm, _run, _settings
     from bot.privacy import forget, parse_person
 
     parse_person(person)  # a typo is an error before anything is asked
-    if not yes and not typer.confirm(f"Delete everything kbot keeps of {person}?"):
-        typer.echo("Nothing deleted.")
-        raise typer.Exit(1)
+    _confirm(f"Delete everything kbot keeps of {person}?", yes)
 
     async def go() -> None:
         answerer = await Answerer.open(_settings())
@@ -55,4 +53,4 @@ def forget_command(
             await answerer.close()
         typer.echo(f"Forgot {person}: {erased}.")
 
-    asyncio.run(go())
+    _run(go)

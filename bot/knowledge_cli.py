@@ -55,12 +55,10 @@ def delete_collection(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a collection: its documents, chunks and vectors. Logged answers keep their chunk ids."""
-    from bot.cli import _run, _settings
+    from bot.cli import _confirm, _run, _settings
     from knowledge.base import KnowledgeBase
 
-    if not yes and not typer.confirm(f"Delete collection {name!r} and every document in it?"):
-        typer.echo("Nothing deleted.")
-        raise typer.Exit(1)
+    _confirm(f"Delete collection {name!r} and every document in it?", yes)
 
     async def go() -> None:
         kb = await KnowledgeBase.open(_settings())

@@ -43,6 +43,12 @@ def clean_text(text: str) -> str:
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` on one line (whitespace runs become one space), at most ``limit`` characters (…)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def limit_question(text: str, reply: Reply) -> tuple[str, Reply]:
     """``text`` cut to :data:`MAX_QUESTION`, and the reply that tells the asker if it was."""
     if len(text) <= MAX_QUESTION:

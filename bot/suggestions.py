@@ -8,7 +8,6 @@ never becomes a suggestion. With too few such questions yet, the scope's documen
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from finetune.export import normalise
 from kbot.db import Database
 from kbot.db.models import Answer, Document, Vote
 from knowledge.vectorstore import PUBLIC
@@ -26,7 +26,8 @@ SCANNED = 5000  # the latest answers read; plenty for a per-scope top four
 
 
 def _normal(question: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", question).casefold().rstrip("?？!！.。 ").split())
+    """The export's grouping key, less the end punctuation people vary ("…get?" / "…get ?")."""
+    return normalise(question).rstrip("?!.。 ")
 
 
 async def most_asked(db: Database, collections: Sequence[str], *, limit: int = 4) -> list[str]:

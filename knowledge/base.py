@@ -85,8 +85,7 @@ class KnowledgeBase:
             folder = wanted.rstrip("/") + "/"
             matched = sorted(src for src in stored if src in (wanted, path) or src.startswith(folder))
             for source in matched:
-                await self.store.delete_document(collection, source)
-                await self.catalog.delete_document(stored.pop(source).id)
+                await self.ingestor.remove(collection, source, stored.pop(source).id)
             gone[path] = matched
         return gone
 

@@ -164,8 +164,7 @@ class Ingestor:
                     # document that became empty must not keep answering from its old text.
                     report.skipped.append((item.source, NO_TEXT))
                     if (old := stored.get(item.source)) is not None:
-                        await self._store.delete_document(collection, item.source)
-                        await self._catalog.delete_document(old.id)
+                        await self.remove(collection, item.source, old.id)
                         report.deleted.append(item.source)
                 except DocumentError as exc:
                     report.failed.append((item.source, exc.reason))
@@ -192,9 +191,13 @@ class Ingestor:
         for source, doc in stored.items():
             gone = source not in seen and _under_any(source, found.folders) and not Path(source).exists()
             if gone or (source not in seen and (source in refused or _under_any(source, refused))):
-                await self._store.delete_document(collection, source)
-                await self._catalog.delete_document(doc.id)
+                await self.remove(collection, source, doc.id)
                 report.deleted.append(source)
+
+    async def remove(self, collection: str, source: str, document_id: int) -> None:
+        """Take one document out: its points (dense and sparse vectors), then its catalog rows."""
+        await self._store.delete_document(collection, source)
+        await self._catalog.delete_document(document_id)
 
     def _prepare(self, item: _File, collection: str, is_new: bool) -> _Prepared:
         limits = self.limits

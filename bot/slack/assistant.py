@@ -19,6 +19,7 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import ChatService
+from bot.limits import clip
 from bot.slack.calls import call_slack
 from bot.slack.payload import field
 from bot.slack.render import escape
@@ -64,8 +65,7 @@ class SlackAssistant:
         self._titled[key] = None
         if len(self._titled) > _TITLED_KEPT:
             self._titled.popitem(last=False)
-        title = " ".join(question.split())
-        title = title if len(title) <= TITLE_LIMIT else title[: TITLE_LIMIT - 1] + "…"
+        title = clip(question, TITLE_LIMIT)
         try:
             await call_slack(
                 "assistant.threads.setTitle",
@@ -83,7 +83,7 @@ class SlackAssistant:
             questions = await most_asked(self._service.answerer.kb.db, await self._scope(channel))
             if not questions:
                 return
-            prompts = [{"title": _clip(q, 75), "message": q} for q in questions[:4]]
+            prompts = [{"title": clip(q, 75), "message": q} for q in questions[:4]]
             await call_slack(
                 "assistant.threads.setSuggestedPrompts",
                 self._client.assistant_threads_setSuggestedPrompts(
@@ -100,11 +100,6 @@ class SlackAssistant:
         stats = [c for c in await kb.catalog.stats() if c.name in scope]
         asked = await recent_questions(kb.db, PLATFORM, user)
         return home_view(stats, asked)
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -124,7 +119,7 @@ def home_view(collections: list[CollectionStats], asked: list[Asked]) -> dict[st
         answers_from = "No documents yet. An administrator adds them with `kbot ingest`."
     if asked:
         mine = "\n".join(
-            f"• {escape(_clip(a.question, 150))}  ·  {VOTE_SHOWN.get(a.vote, '')}  ·  "
+            f"• {escape(clip(a.question, 150))}  ·  {VOTE_SHOWN.get(a.vote, '')}  ·  "
             f"<!date^{int(a.at.timestamp())}^{{date_short}}|{a.at:%Y-%m-%d}>"
             for a in asked
         )

@@ -56,18 +56,28 @@ def to_markdown(markdown: str) -> str:
     as ``label (url)``, as in :func:`to_mrkdwn`."""
     out: list[str] = []
     for i, piece in enumerate(markdown.split(_FENCE)):
-        out.append(piece if i % 2 else _LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", escape(piece)))
+        out.append(piece if i % 2 else _unlinked(escape(piece)))
     return _FENCE.join(out)
 
 
 def markdown_markers(text: str, citations: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
     """Turn ``[n]`` in :func:`to_markdown` text into a Markdown link to source n where it has a URL."""
     urls = {int(c["n"]): links_source_url(str(c["source"]), links) for c in citations}
+    safe = {n: u.replace(" ", "%20").replace("(", "%28").replace(")", "%29") for n, u in urls.items() if u}
+    return _marked(text, safe, "[[{n}]]({url})")
+
+
+def _unlinked(text: str) -> str:
+    """A Markdown link shown as ``label (url)``: its label cannot disguise where it points."""
+    return _LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", text)
+
+
+def _marked(text: str, urls: Mapping[int, str | None], form: str) -> str:
+    """Each ``[n]`` (not already a link) written as ``form`` where source n has a URL."""
 
     def link(match: re.Match[str]) -> str:
         url = urls.get(int(match.group(1)))
-        safe = url.replace(" ", "%20").replace("(", "%28").replace(")", "%29") if url else None
-        return f"[[{match.group(1)}]]({safe})" if safe else match.group(0)
+        return form.format(n=match.group(1), url=url) if url else match.group(0)
 
     return re.sub(r"\[(\d{1,2})\](?!\()", link, text)
 
@@ -76,7 +86,7 @@ def _prose(text: str) -> str:
     text = _HEADING.sub(r"*\1*", text)
     text = _BULLET.sub(r"\1• ", text)
     text = _BOLD.sub(lambda m: f"*{m.group(1) or m.group(2)}*", text)
-    return _LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", text)
+    return _unlinked(text)
 
 
 def source_url(source: str, links: Mapping[str, str]) -> str | None:
@@ -88,12 +98,7 @@ def source_url(source: str, links: Mapping[str, str]) -> str | None:
 def link_markers(text: str, citations: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
     """Turn ``[n]`` in already-rendered mrkdwn into links to source n where it has a URL."""
     urls = {int(c["n"]): source_url(str(c["source"]), links) for c in citations}
-
-    def link(match: re.Match[str]) -> str:
-        url = urls.get(int(match.group(1)))
-        return f"<{url}|[{match.group(1)}]>" if url else match.group(0)
-
-    return re.sub(r"\[(\d{1,2})\](?!\()", link, text)
+    return _marked(text, urls, "<{url}|[{n}]>")
 
 
 def citation_text(citations: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:

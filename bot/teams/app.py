@@ -328,30 +328,25 @@ def _printable(value: str | None) -> bool:
     return value is not None and value != "" and value.isascii() and value.isprintable()
 
 
-def _kbot_mentions(activity: Activity) -> list[str]:
-    """The text (``<at>kbot</at>``, or "") of each mention of kbot; other and malformed entities left out."""
+def _mentions(activity: Activity) -> list[tuple[object, str]]:
+    """(who, the text or "") of each mention entity; malformed entities left out."""
     found = []
     for entity in activity.entities or []:
         props = entity.additional_properties or {}
         mentioned, text = props.get("mentioned"), props.get("text")
-        if (
-            str(entity.type).lower() == "mention"
-            and isinstance(mentioned, dict)
-            and mentioned.get("id") == activity.recipient.id
-        ):
-            found.append(text if isinstance(text, str) else "")
+        if str(entity.type).lower() == "mention" and isinstance(mentioned, dict):
+            found.append((mentioned.get("id"), text if isinstance(text, str) else ""))
     return found
+
+
+def _kbot_mentions(activity: Activity) -> list[str]:
+    """The text (``<at>kbot</at>``, or "") of each mention of kbot."""
+    return [text for who, text in _mentions(activity) if who == activity.recipient.id]
 
 
 def _mentions_others(activity: Activity) -> bool:
     """Someone other than kbot is mentioned: the message is addressed to them."""
-    for entity in activity.entities or []:
-        mentioned = (entity.additional_properties or {}).get("mentioned")
-        if not (str(entity.type).lower() == "mention" and isinstance(mentioned, dict)):
-            continue
-        if mentioned.get("id") != activity.recipient.id:
-            return True
-    return False
+    return any(who != activity.recipient.id for who, _ in _mentions(activity))
 
 
 def _channel_data_id(activity: Activity, key: str) -> str | None:

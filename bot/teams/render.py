@@ -16,14 +16,10 @@ from typing import Any, ClassVar
 from botbuilder.schema import Activity, ActivityTypes, Entity
 
 from agent.answering import AnswerResult
+from bot.limits import clip
 from bot.links import source_url
 
 _MARK = re.compile(r"\[(\d{1,2})\]")
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class AIMessageEntity(Entity):  # type: ignore[misc]
@@ -55,8 +51,8 @@ def citation_entity(citations: Sequence[Mapping[str, Any]], links: Mapping[str, 
     for c in citations:
         appearance: dict[str, Any] = {
             "@type": "DigitalDocument",
-            "name": _clip(str(c.get("title") or c["source"]), 80),
-            "abstract": _clip(str(c.get("quote") or c["source"]), 160),
+            "name": clip(str(c.get("title") or c["source"]), 80),
+            "abstract": clip(str(c.get("quote") or c["source"]), 160),
         }
         if url := source_url(str(c["source"]), links):
             appearance["url"] = url

@@ -73,10 +73,7 @@ class TeamsReply:
     async def _final(self, activity: Activity) -> str:
         if self.stream is None:
             return await self.send(activity)
-        try:
-            return await self.stream.final(activity)
-        finally:
-            await self.stream.close()
+        return await self.stream.final(activity)
 
     async def send(self, activity: Activity) -> str:
         """Send one activity into the question's conversation; the id Teams gave it."""

@@ -109,9 +109,7 @@ class TeamsStream:
 
     async def final(self, activity: Activity) -> str:
         """Send the answer, as the stream's end if one is open and usable, else as one message."""
-        self._cancel_pending()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        self._stop_tasks()
         async with self._lock:
             if self._id is not None and self.usable and not self.closed:
                 activity.entities = [*(activity.entities or []), StreamInfo("final", stream_id=self._id)]
@@ -162,8 +160,8 @@ class TeamsStream:
             self._pending.cancel()
             self._pending = None
 
-    async def close(self) -> None:
-        """Stop the background tasks (the answer is out, or the reply failed)."""
+    def _stop_tasks(self) -> None:
+        """The delayed informative update and the deadline: the stream ends now."""
         self._cancel_pending()
         if self._watchdog is not None:
             self._watchdog.cancel()
