@@ -46,6 +46,7 @@ from kbot.errors import ConfigError, KbotError
 from kbot.logs import request_id
 from kbot.settings import Settings
 from knowledge.base import KnowledgeBase
+from knowledge.vectorstore.shared import ShardHost
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 3600.0
@@ -87,7 +88,7 @@ async def open_runtime(
     async with AsyncExitStack() as stack:
         if answerer is None:
             if kb is None:
-                kb = await KnowledgeBase.open(settings)
+                kb = await KnowledgeBase.open(settings, owner=True)
                 stack.push_async_callback(kb.close)
             answerer = await Answerer.open(settings, kb=kb)
             stack.push_async_callback(answerer.close)
@@ -321,7 +322,14 @@ async def serve(
     check_teams_mode(settings, host)  # before anything loads: the Emulator's mode is loopback only
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_runtime(settings) as runtime:
+    # With the embedded shard this server owns it; kbot commands reach it through the socket.
+    shard_host = None if settings.qdrant_url else ShardHost(settings.data_dir)
+    if shard_host is not None:
+        shard_host.check()  # before the model loads: a second server on this data dir fails at once
+    async with open_runtime(settings) as runtime, contextlib.AsyncExitStack() as stack:
+        if shard_host is not None:
+            await shard_host.start(runtime.service.answerer.kb.store)
+            stack.push_async_callback(shard_host.close)
         # Slack sends many events: per-request access lines only at -vv.
         access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
         runner = web.AppRunner(

@@ -21,15 +21,23 @@ MIN_DENSE_COVERAGE = 0.5
 DENSE_FILL_WEIGHT = 1e-4
 
 
-def open_vector_store(settings: Settings) -> VectorStore:
-    """Qdrant Edge in ``data_dir`` by default; a Qdrant server when ``qdrant_url`` is set."""
+def open_vector_store(settings: Settings, *, owner: bool = False) -> VectorStore:
+    """A Qdrant server when ``qdrant_url`` is set; else the Qdrant Edge shard in ``data_dir``.
+
+    The shard is opened here unless a ``kbot serve`` owns it: then its work goes to that server
+    (:mod:`knowledge.vectorstore.shared`). ``owner`` (the server itself) always opens it.
+    """
     if settings.qdrant_url:
         from knowledge.vectorstore.server import QdrantServerStore
 
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantServerStore(settings.qdrant_url, collection=settings.qdrant_collection, api_key=key)
     from knowledge.vectorstore.edge import EdgeVectorStore
+    from knowledge.vectorstore.shared import SharedShardStore, server_listening, socket_path
 
+    control = socket_path(settings.data_dir)
+    if not owner and server_listening(control):
+        return SharedShardStore(control)
     return EdgeVectorStore(settings.edge_path / settings.qdrant_collection)
 
 
@@ -49,7 +57,9 @@ class KnowledgeBase:
         )
 
     @classmethod
-    async def open(cls, settings: Settings, *, embedder: Embedder | None = None) -> KnowledgeBase:
+    async def open(
+        cls, settings: Settings, *, embedder: Embedder | None = None, owner: bool = False
+    ) -> KnowledgeBase:
         db = Database(settings.sql_url)
         await db.migrate()
         embedder = embedder or SentenceTransformerEmbedder(
@@ -57,7 +67,7 @@ class KnowledgeBase:
             device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
         )
-        return cls(settings, db, open_vector_store(settings), embedder)
+        return cls(settings, db, open_vector_store(settings, owner=owner), embedder)
 
     async def ingest(
         self,

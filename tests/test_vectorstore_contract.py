@@ -14,20 +14,30 @@ from knowledge.sparse import document_vector, query_vector
 from knowledge.vectorstore import ChunkRecord, SearchQuery, VectorStore
 from knowledge.vectorstore.edge import EdgeVectorStore
 from knowledge.vectorstore.server import QdrantServerStore
+from knowledge.vectorstore.shared import ShardHost, SharedShardStore, socket_path
 
 DIM = 8
 
 
-@pytest.fixture(params=["edge", "qdrant-client"])
+@pytest.fixture(params=["edge", "qdrant-client", "shared-edge"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
     s: VectorStore
+    host: ShardHost | None = None
+    owned = EdgeVectorStore(tmp_path / "shard")
     if request.param == "edge":
-        s = EdgeVectorStore(tmp_path / "shard")
+        s = owned
+    elif request.param == "shared-edge":  # a command's view of the shard a running server owns
+        host = ShardHost(tmp_path)
+        await host.start(owned)
+        s = SharedShardStore(socket_path(tmp_path))
     else:
         s = QdrantServerStore(":memory:", collection="kbot")
     await s.prepare(DIM)
     yield s
     await s.close()
+    if host is not None:
+        await host.close()
+        await owned.close()
 
 
 def vec(i: int) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""Operating kbot as a service on the embedded defaults: `kbot serve` owns the data dir, and the
+knowledge commands work beside it (they reach its shard through the control socket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import EXAMPLES
+from tests.kbot_process import KBOT, free_port, kbot
+
+TRAVEL = (
+    "# Travel policy\n\nEconomy class is booked for flights under six hours; business class above that.\n"
+)
+
+
+@dataclass
+class Served:
+    cwd: Path
+    env: dict[str, str]
+    url: str
+    proc: subprocess.Popen[str]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 180) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError("kbot serve did not become ready")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, base_model_dir: str) -> Iterator[Served]:
+    cwd = tmp_path_factory.mktemp("operating")
+    shutil.copytree(EXAMPLES, cwd / "handbook")
+    env = {
+        **os.environ,
+        "KBOT_DATA_DIR": str(cwd / "state"),
+        "PYTHONPATH": str(Path.cwd()),
+        "KBOT_BASE_MODEL": base_model_dir,
+        "KBOT_MAX_NEW_TOKENS": "24",
+    }
+    for name in ("KBOT_DATABASE_URL", "KBOT_QDRANT_URL"):
+        env.pop(name, None)
+    assert kbot("ingest", "handbook", "-c", "hr", cwd=cwd, env=env).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen(
+        [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc)
+        yield Served(cwd, env, url, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert not (cwd / "state" / "control.sock").exists()  # the owner cleans up after itself
+
+
+async def _ask_web(url: str, text: str) -> dict[str, object]:
+    body = {"id": uuid.uuid4().hex, "conversation": uuid.uuid4().hex, "text": text}
+    async with aiohttp.ClientSession() as session, session.post(url + "/api/chat", json=body) as response:
+        assert response.status == 200
+        raw = await response.text()
+    for block in raw.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if lines.get("event") == "answer":
+            return dict(json.loads(lines["data"]))
+    raise AssertionError(f"no answer event in {raw!r}")
+
+
+def test_search_while_serving(served: Served) -> None:
+    query = "婚假可以請幾天？"
+    result = kbot("search", query, "-c", "hr", "-k", "1", "--json", cwd=served.cwd, env=served.env)
+    assert result.returncode == 0, result.stderr
+    [hit] = json.loads(result.stdout)
+    assert hit["source"] == "handbook/請假規定.md" and "婚假八天" in hit["text"]
+
+
+async def test_ingest_while_serving_then_the_next_web_question_is_answered_from_it(served: Served) -> None:
+    (served.cwd / "travel").mkdir()
+    (served.cwd / "travel" / "travel-policy.md").write_text(TRAVEL)
+    result = kbot("ingest", "travel", "-c", "hr", cwd=served.cwd, env=served.env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("hr: 1 added, 0 updated, 0 unchanged, 0 deleted, 0 failed;")
+    answer = await _ask_web(served.url, "Which class are flights under six hours booked in?")
+    assert "Economy" in str(answer["text"]), answer
+    assert "travel/travel-policy.md" in json.dumps(answer["citations"])
+
+
+def test_delete_while_serving_then_its_chunks_are_gone_from_search(served: Served) -> None:
+    (served.cwd / "gone.md").write_text("# Parking\n\nThe parking garage closes at midnight on weekdays.\n")
+    assert kbot("ingest", "gone.md", "-c", "scratch", cwd=served.cwd, env=served.env).returncode == 0
+    found = kbot("search", "parking garage", "-c", "scratch", "--json", cwd=served.cwd, env=served.env)
+    assert [h["source"] for h in json.loads(found.stdout)] == ["gone.md"]
+    deleted = kbot("delete", "gone.md", "-c", "scratch", cwd=served.cwd, env=served.env)
+    assert deleted.returncode == 0 and "scratch: 1 document deleted" in deleted.stdout, deleted.stderr
+    after = kbot("search", "parking garage", "-c", "scratch", "--json", cwd=served.cwd, env=served.env)
+    assert after.returncode == 0 and json.loads(after.stdout) == []
+    dropped = kbot("collections", "delete", "scratch", "--yes", cwd=served.cwd, env=served.env)
+    assert dropped.returncode == 0 and dropped.stdout.startswith("Deleted collection scratch"), dropped.stderr
+    listed = kbot("collections", "--json", cwd=served.cwd, env=served.env)
+    assert "scratch" not in [row["name"] for row in json.loads(listed.stdout)]
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused_at_once(served: Served) -> None:
+    result = subprocess.run(
+        [*KBOT, "serve", "--port", str(free_port())],
+        cwd=served.cwd,
+        env=served.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Error: Another kbot server already runs on" in result.stderr
