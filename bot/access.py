@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kbot.settings import ChannelPolicy, Settings
+from kbot.policies import ChannelPolicy
+from kbot.settings import Settings
 
 
 class Access:

@@ -30,7 +30,8 @@ from finetune.review import Review
 from finetune.votes import VoteLog
 from kbot.errors import KbotError, StoreError, public_reason
 from kbot.locks import PerKey, TaskLock
-from kbot.settings import ChannelPolicy, Settings
+from kbot.policies import ChannelPolicy
+from kbot.settings import Settings
 
 log = logging.getLogger(__name__)
 

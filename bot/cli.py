@@ -16,7 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from bot import db_cli, doctor, golden_cli, knowledge_cli, learning_cli
+from bot import db_cli, doctor, golden_cli, knowledge_cli, learning_cli, sources_cli
 from kbot.errors import ConfigError, KbotError
 from kbot.logs import configure, use_format
 from kbot.settings import Settings, load_settings
@@ -309,12 +309,23 @@ def serve(
             help="Also run the nightly learning job every day at this time (HH:MM), in this process."
         ),
     ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Purge the documents of [sources] whose folder is gone or that left the settings "
+            "(without it they are kept, and named in the log, the dashboard and kbot doctor).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the chat server: Slack and Teams (and later the web chat) on one port.
+    """Run the chat server: Slack, Teams and the web chat on one port.
 
     Slack turns on when KBOT_SLACK_SIGNING_SECRET and KBOT_SLACK_BOT_TOKEN are set; point the
     Slack app's Event Subscriptions and Interactivity request URLs at https://HOST/slack/events.
-    Health check: GET /healthz. Stop with Ctrl-C: answers in flight are finished first.
+    With the embedded store this server owns the data dir: kbot ingest, search, ask, delete, eval
+    and nightly run beside it reach its shard through DATA_DIR/control.sock. [sources] are
+    re-synced on their schedules. Liveness: GET /healthz; readiness: GET /readyz.
+    Stop with Ctrl-C: answers in flight are finished first.
 
     Example:  KBOT_SLACK_SIGNING_SECRET=... KBOT_SLACK_BOT_TOKEN=xoxb-... kbot serve --host 0.0.0.0
     """
@@ -336,6 +347,7 @@ def serve(
             port=settings.server_port if port is None else port,
             socket_mode=slack_socket_mode,
             nightly=nightly,
+            prune=prune,
         )
     )
 
@@ -347,6 +359,7 @@ for name, sub_app in (
     ("train", learning_cli.train_app),
     ("adapters", learning_cli.adapters_app),
     ("golden", golden_cli.golden_app),
+    ("sources", sources_cli.sources_app),
 ):
     app.add_typer(sub_app, name=name)
 app.command("delete")(knowledge_cli.delete_command)

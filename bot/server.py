@@ -30,7 +30,7 @@ from botframework.connector.auth import ServiceClientCredentialsFactory
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 
 from agent.answering import Answerer
-from bot import metrics
+from bot import metrics, sources
 from bot.chat import ChatService
 from bot.ledger import ChatLedger
 from bot.readiness import Readiness
@@ -314,7 +314,13 @@ def schedule_nightly(runtime: Runtime, at: str) -> Any:
 
 
 async def serve(
-    settings: Settings, *, host: str, port: int, socket_mode: bool = False, nightly: str | None = None
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    socket_mode: bool = False,
+    nightly: str | None = None,
+    prune: bool = False,
 ) -> None:
     """Run until SIGINT or SIGTERM (Ctrl-C, docker stop), then drain answers in flight and close."""
     stop = asyncio.Event()
@@ -362,12 +368,14 @@ async def serve(
         else:
             log.info("Slack is on: point the app's Event Subscriptions and Interactivity at /slack/events")
         scheduler = schedule_nightly(runtime, nightly) if nightly else None
+        syncing = await sources.start(runtime.service.answerer.kb, settings.sources, prune=prune)
         try:
             await stop.wait()
             log.info("stopping: finishing answers in flight (up to %.0f s)", DRAIN_S)
         finally:
-            if scheduler is not None:
-                scheduler.shutdown(wait=False)
+            for running in (scheduler, syncing):
+                if running is not None:
+                    running.shutdown(wait=False)
             if socket_handler is not None:
                 await socket_handler.close_async()
             await runner.cleanup()

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,31 +23,9 @@ from pydantic_settings import (
 )
 
 from kbot.errors import ConfigError
+from kbot.policies import NAME, ChannelPolicy, SourceConfig, check_source_names
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SCOPE_KEY = re.compile(r"^(slack|teams|web):\S+$")
-
-
-class ChannelPolicy(BaseModel):
-    """What kbot may do in one chat channel (see :attr:`Settings.channels`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    collections: list[str] = Field(
-        default_factory=list, description="Collections searched for questions asked here; empty = all."
-    )
-    mention_only: bool = Field(
-        default=True,
-        description="Answer only when mentioned (and in threads kbot answered in); false answers "
-        "every message posted in the channel.",
-    )
-    enabled: bool = Field(default=True, description="False: kbot stays silent here.")
-    groups: list[str] = Field(
-        default_factory=list,
-        description="ACL groups whose documents may be shown here. In a shared place (a channel, a "
-        "group chat) everyone there reads the answers, so an asker's groups count only if listed here; "
-        "empty = only documents open to everyone. Direct messages always use the asker's own groups.",
-    )
 
 
 class Settings(BaseSettings):
@@ -202,6 +180,12 @@ class Settings(BaseSettings):
         'entry) or "*" (everywhere). Unlisted: all collections, mention only, '
         "no restricted documents in shared places.",
     )
+    sources: dict[str, SourceConfig] = Field(
+        default_factory=dict,
+        description="Folders kbot serve keeps in sync by itself, by name: "
+        '[sources.handbook] path = "/srv/handbook", collection = "hr", acl = [], every = "1h" '
+        '(or cron = "0 6 * * *"). KBOT_SOURCES takes the same as JSON.',
+    )
     groups: dict[str, list[str]] = Field(
         default_factory=dict,
         description='ACL groups of askers, keyed "slack:U0123" (a user), "slack:S0123" (a user group: '
@@ -297,6 +281,11 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        return check_source_names(value)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
@@ -322,7 +311,7 @@ class Settings(BaseSettings):
     @field_validator("qdrant_collection")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not NAME.match(value):
             raise ValueError("use letters, digits, '_', '-' or '.', at most 63 characters")
         return value
 

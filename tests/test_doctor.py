@@ -70,6 +70,7 @@ async def test_embedded_defaults_with_a_corpus_are_all_ok(ingested: Settings) ->
         "knowledge": "ok",
         "model": "ok",
         "adapter": "ok",
+        "sources": "off",
         "slack": "off",
         "teams": "off",
     }
@@ -79,22 +80,24 @@ async def test_embedded_defaults_with_a_corpus_are_all_ok(ingested: Settings) ->
     assert by["vector_store"].detail.endswith("points") and "Qdrant Edge shard" in by["vector_store"].detail
     text = render(results)
     assert text.splitlines()[0].startswith("✓ configuration ")
-    assert "fix:" not in text and text.endswith("0 failed, 0 warnings, 7 ok, 2 skipped.")
+    assert "fix:" not in text and text.endswith("0 failed, 0 warnings, 7 ok, 3 skipped.")
 
 
 async def test_a_fresh_install_points_to_ingest(tmp_path: Path) -> None:
     results = await diagnose(settings_in(tmp_path))
     by = found(results)
-    assert [r.check for r in results if r.status != "ok"] == ["knowledge", "slack", "teams"]
+    assert [r.check for r in results if r.status != "ok"] == ["knowledge", "sources", "slack", "teams"]
     assert by["knowledge"].status == "warn"
     assert by["knowledge"].fix == "Add documents: kbot ingest PATH --collection NAME"
     assert not (tmp_path / "data").exists(), "the doctor only reads"
 
 
-async def test_a_shard_held_by_a_running_server_is_reported_and_left_alone(
+async def test_a_shard_held_by_another_process_is_reported_and_left_alone(
     ingested: Settings, embedder: Embedder
 ) -> None:
-    kb = await KnowledgeBase.open(ingested, embedder=embedder)  # as `kbot serve` holds it
+    from knowledge.vectorstore.shared import ShardHost
+
+    kb = await KnowledgeBase.open(ingested, embedder=embedder)  # as a long `kbot ingest` holds it
     try:
         assert await kb.search("sick leave", ["hr"])
         by = found(await diagnose(ingested))
@@ -103,6 +106,14 @@ async def test_a_shard_held_by_a_running_server_is_reported_and_left_alone(
         assert "KBOT_QDRANT_URL" in by["vector_store"].fix
         [hit] = await kb.search("sick leave", ["hr"])  # the holder is undisturbed
         assert "ten days" in hit.text
+        host = ShardHost(ingested.data_dir)  # as `kbot serve` holds it: commands reach it
+        await host.start(kb.store)
+        try:
+            by = found(await diagnose(ingested))
+            assert by["vector_store"].status == "ok"
+            assert "owned by the running kbot serve" in by["vector_store"].detail
+        finally:
+            await host.close()
     finally:
         await kb.close()
 

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import EXAMPLES
 from tests.kbot_process import KBOT, free_port, kbot
 
+ADMIN = "operating-admin-token"
 TRAVEL = (
     "# Travel policy\n\nEconomy class is booked for flights under six hours; business class above that.\n"
 )
@@ -60,10 +61,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, base_model_dir: str) -> Ite
         "PYTHONPATH": str(Path.cwd()),
         "KBOT_BASE_MODEL": base_model_dir,
         "KBOT_MAX_NEW_TOKENS": "24",
+        "KBOT_ADMIN_TOKEN": ADMIN,
+        "KBOT_SOURCES": json.dumps({"rooms": {"path": "synced", "collection": "rooms", "every": "2s"}}),
     }
     for name in ("KBOT_DATABASE_URL", "KBOT_QDRANT_URL"):
         env.pop(name, None)
     assert kbot("ingest", "handbook", "-c", "hr", cwd=cwd, env=env).returncode == 0
+    (cwd / "synced").mkdir()
+    (cwd / "synced" / "rooms.md").write_text("# Meeting rooms\n\nRoom Aurora seats eight people.\n")
     port = free_port()
     proc = subprocess.Popen(
         [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
@@ -136,3 +141,34 @@ def test_a_second_server_on_the_same_data_dir_is_refused_at_once(served: Served)
     )
     assert result.returncode == 2
     assert "Error: Another kbot server already runs on" in result.stderr
+
+
+async def _synced(url: str) -> dict[str, object] | None:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as session, session.get(url + "/api/dashboard", headers=headers) as r:
+        assert r.status == 200
+        rows = (await r.json())["sources"]
+    return next((row for row in rows if row["name"] == "rooms"), None)
+
+
+async def test_a_scheduled_source_picks_up_an_edit_within_its_interval(served: Served) -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (row := await _synced(served.url)) is None or row["status"] != "ok":
+        assert loop.time() < deadline, row
+        await asyncio.sleep(0.5)
+    (served.cwd / "synced" / "rooms.md").write_text("# Meeting rooms\n\nRoom Aurora seats twelve people.\n")
+    edited = datetime.now(UTC)
+    while True:  # every 2 s: the first sync that started after the edit has it
+        row = await _synced(served.url)
+        assert row is not None and loop.time() < deadline + 30, row
+        started = datetime.fromisoformat(str(row["started_at"]))
+        if row["status"] == "ok" and started.replace(tzinfo=started.tzinfo or UTC) > edited:
+            break
+        await asyncio.sleep(0.5)
+    assert str(row["detail"]).startswith("0 added, 1 updated"), row
+    found = kbot("search", "Aurora seats", "-c", "rooms", "--json", cwd=served.cwd, env=served.env)
+    assert "twelve" in json.loads(found.stdout)[0]["text"]

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bot.doctor import platforms
+from bot.doctor import operations, platforms
 from bot.doctor.findings import Finding, Probe, Result, first_line, in_thread
 from kbot.errors import ConfigError, KbotError, VectorStoreError
 from kbot.settings import Settings, load_settings
@@ -36,7 +36,7 @@ async def diagnose(
 ) -> list[Result]:
     """Every check of :data:`CHECKS`, in its order; those needing the SQL store after the rest."""
     probe = Probe(settings, teams_credentials)
-    later = ("knowledge", "adapter")
+    later = ("knowledge", "adapter", "sources")
     try:
         found = await asyncio.gather(*(_limited(n, probe, timeout_s) for n in CHECKS if n not in later))
         found += await asyncio.gather(*(_limited(n, probe, timeout_s) for n in later))
@@ -113,10 +113,12 @@ async def _vector_store(p: Probe) -> str:
     s = p.settings
     path = (s.edge_path / s.qdrant_collection).resolve()
     where = f"Qdrant at {shown_url(s.qdrant_url)}" if s.qdrant_url else f"Qdrant Edge shard {path}"
-    points = await (_qdrant_server(s, where) if s.qdrant_url else _qdrant_edge(path, where))
+    points = await (_qdrant_server(s, where) if s.qdrant_url else _qdrant_edge(path, where, s.data_dir))
     p.no_vectors = points is None
     if points is None:
         return f"{where}: collection {s.qdrant_collection!r} not created yet (the first kbot ingest does)"
+    if points < 0:
+        return f"{where}: owned by the running kbot serve (commands reach it through control.sock)"
     return f"{where}: collection {s.qdrant_collection!r}, {points} points"
 
 
@@ -140,7 +142,7 @@ async def _qdrant_server(s: Settings, where: str) -> int | None:
         await client.close()
 
 
-async def _qdrant_edge(path: Path, where: str) -> int | None:
+async def _qdrant_edge(path: Path, where: str, data_dir: Path) -> int | None:
     import qdrant_edge as qe
 
     if not (path / "edge_config.json").is_file():
@@ -158,8 +160,12 @@ async def _qdrant_edge(path: Path, where: str) -> int | None:
     except Exception as exc:  # qdrant-edge raises bare Exception for every engine error
         if "WouldBlock" not in str(exc):  # else its write-ahead log is locked by the process that has it
             raise VectorStoreError(f"Cannot read the {where}: {exc}") from exc
-        busy = f"{where} is open in another process (kbot serve or ingest?); not inspected"
-        share = "Nothing, while kbot serve runs; to share the data, use a Qdrant server (KBOT_QDRANT_URL)."
+        from knowledge.vectorstore.shared import server_listening, socket_path
+
+        if server_listening(socket_path(data_dir)):
+            return -1  # the running kbot serve owns it; commands reach it through its socket
+        busy = f"{where} is open in another process (a kbot ingest?); not inspected"
+        share = "Run it again once that finishes; to share the data, use a Qdrant server (KBOT_QDRANT_URL)."
         raise Finding("warn", busy, share) from exc
 
 
@@ -294,6 +300,7 @@ CHECKS: dict[str, tuple[str, Callable[[Probe], Awaitable[str]]]] = {
     "knowledge": ("knowledge", _knowledge),
     "model": ("chat model", _model),
     "adapter": ("LoRA adapter", _adapter),
+    "sources": ("synced sources", operations.sources),
     "slack": ("Slack", platforms.slack),
     "teams": ("Teams", platforms.teams),
 }

@@ -25,7 +25,7 @@ from sqlalchemy import and_, case, func, select
 
 from finetune.export import ANONYMOUS_PREFIX
 from kbot.db import Database
-from kbot.db.models import Adapter, Answer, Correction, TrainingRun, Vote
+from kbot.db.models import Adapter, Answer, Correction, SourceSync, TrainingRun, Vote
 
 EVAL_PLATFORM = "eval"
 
@@ -40,6 +40,8 @@ class Insights:
     gaps: list[dict[str, Any]] = field(default_factory=list)  # {question, asked, last, status}
     top_documents: list[dict[str, Any]] = field(default_factory=list)  # {source, title, citations}
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # {name, path, collection, status, started_at, finished_at, last_ok_at, detail}: [sources]
+    sources: list[dict[str, Any]] = field(default_factory=list)
     loss_curves: list[dict[str, Any]] = field(default_factory=list)  # {adapter, active, losses}
     # {day, adapter, answers, fallback, extractive, not_found, share}: answers = model-written ones
     grounding: list[dict[str, Any]] = field(default_factory=list)
@@ -167,6 +169,20 @@ async def gather(db: Database, *, days: int = 30, now: datetime | None = None) -
 
         runs = await s.scalars(select(TrainingRun).order_by(TrainingRun.started_at.desc()).limit(20))
         out.runs = [_run(r) for r in runs]
+        syncs = await s.scalars(select(SourceSync).order_by(SourceSync.name))
+        out.sources = [
+            {
+                "name": r.name,
+                "path": r.path,
+                "collection": r.collection,
+                "status": r.status,
+                "started_at": _iso(r.started_at),
+                "finished_at": _iso(r.finished_at),
+                "last_ok_at": _iso(r.last_ok_at),
+                "detail": r.detail,
+            }
+            for r in syncs
+        ]
 
         adapters = (await s.scalars(select(Adapter).order_by(Adapter.created_at.desc()).limit(8))).all()
         out.loss_curves = [

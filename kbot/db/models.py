@@ -196,13 +196,23 @@ class InboundEvent(Base):
 
     __tablename__ = "inbound_events"
     # The rate limit counts one person's recent questions.
-    __table_args__ = (Index("ix_inbound_events_actor", "platform", "actor", "received_at"),)
+    __table_args__ = (
+        Index("ix_inbound_events_actor", "platform", "actor", "received_at"),
+        Index("ix_inbound_events_orphans", "state", "lease_until"),
+    )
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(256))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # A question's claim: working (held by ``holder`` until ``lease_until``, renewed while it is
+    # answered), then answered or failed. ``payload`` is what another replica needs to answer it
+    # when the holder dies. Null for other events.
+    state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    holder: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class AnswerMessage(Base):
@@ -293,3 +303,19 @@ class JobLock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SourceSync(Base):
+    """The last sync of a configured source (``[sources]``): what ``kbot serve`` did, and when."""
+
+    __tablename__ = "source_syncs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String)
+    collection: Mapped[str] = mapped_column(String(64))
+    # running | ok | failed
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_ok_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    detail: Mapped[str] = mapped_column(String, default="")

@@ -134,6 +134,11 @@ function draw(data) {
     ["Candidate", (r) => r.candidate], ["Trained", (r) => (r.plan || []).join(" → ").toUpperCase()],
     ["Why", (r) => r.why || ""], ["Decision", (r) => r.decision || r.error],
   ], data.runs, "No nightly runs yet (kbot nightly).");
+  table($("sources"), [
+    ["Source", (r) => r.name], ["Path", (r) => r.path], ["Collection", (r) => r.collection],
+    ["Status", (r) => badge(r.status)], ["Last sync", (r) => r.finished_at || r.started_at],
+    ["Last good", (r) => r.last_ok_at || "never"], ["Detail", (r) => r.detail],
+  ], data.sources, "No synced sources ([sources] in kbot.toml).");
 }
 
 // The gate's own measure (golden facts in the model's own text); older runs had only preferences.
