@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from agent.answering import Answerer, AnswerResult, Progress, Question
 from bot import metrics, privacy, status
 from bot.access import Access
+from bot.claims import Claims
 from bot.conversation import FeedbackEvent, IncomingMessage, Reply
 from bot.ledger import ChatLedger
 from bot.limits import FairTurns, clean_text, tokens_cut
@@ -70,32 +71,52 @@ class ChatService:
     _threads: PerKey[TaskLock] = field(init=False, default_factory=lambda: PerKey(TaskLock))
     _slots: asyncio.Semaphore = field(init=False)
     _turns: FairTurns = field(init=False)  # at most half the slots per person (or address)
+    claims: Claims = field(init=False)
+    # Per platform: the Reply for an orphaned question, from the ``resume`` it was submitted with.
+    resumers: dict[str, Callable[[IncomingMessage, dict[str, Any]], Reply]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings)
         self.review = Review(self.answerer.kb.db, self.answerer.verified, self.settings.corrections)
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_answers)
         self._turns = FairTurns(max(1, self.settings.max_concurrent_answers // 2))
+        self.claims = Claims(self.ledger, self.settings.claim_lease_s)
 
-    def submit(self, message: IncomingMessage, reply: Reply) -> asyncio.Task[Outcome]:
-        """Handle ``message`` in the background (the platform wants its ack now)."""
-        task = asyncio.create_task(self._run(message, reply), name=f"answer {message.key}")
+    async def sweep(self) -> int:
+        """Answer the recent questions whose server died before answering them; how many."""
+        taken = 0
+        for message, resume in await self.claims.orphans():
+            if (resumer := self.resumers.get(message.platform)) is None:
+                continue  # that platform is off here: a replica that has it answers
+            self.submit(message, resumer(message, resume), resume)  # the claim decides who answers
+            taken += 1
+        return taken
+
+    def submit(
+        self, message: IncomingMessage, reply: Reply, resume: dict[str, Any] | None = None
+    ) -> asyncio.Task[Outcome]:
+        """Handle ``message`` in the background (the platform wants its ack now). ``resume``: what
+        the platform's :attr:`resumers` entry needs to reply from another server, should this one
+        die before answering."""
+        task = asyncio.create_task(self._run(message, reply, resume), name=f"answer {message.key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, message: IncomingMessage, reply: Reply) -> Outcome:
+    async def _run(self, message: IncomingMessage, reply: Reply, resume: dict[str, Any] | None) -> Outcome:
         # The top of a background task: whatever fails, the asker hears about it.
-        outcome = await self._answer(message, reply)
+        outcome = await self._answer(message, reply, resume)
         self.stats[outcome] += 1
         metrics.MESSAGES.labels(message.platform, outcome).inc()
         # Chatter kbot ignores is most of a busy channel: logged only at debug level.
         log.log(logging.DEBUG if outcome == "ignored" else logging.INFO, "%s: %s", message.key, outcome)
         return outcome
 
-    async def _answer(self, message: IncomingMessage, reply: Reply) -> Outcome:
+    async def _answer(self, message: IncomingMessage, reply: Reply, resume: dict[str, Any] | None) -> Outcome:
         try:
-            return await self.handle(message, reply)
+            return await self.handle(message, reply, resume)
         except asyncio.CancelledError:
             # Shutting down past the drain deadline: the platform got its ack long ago and will
             # not retry, so say so rather than leave a placeholder hanging.
@@ -118,7 +139,9 @@ class ChatService:
         except Exception:  # the platform itself is failing; nothing is left but the log
             log.exception("could not tell the asker of %s: %s", message.key, text)
 
-    async def handle(self, message: IncomingMessage, reply: Reply) -> Outcome:
+    async def handle(
+        self, message: IncomingMessage, reply: Reply, resume: dict[str, Any] | None = None
+    ) -> Outcome:
         """Decide whether to answer ``message`` and answer it through ``reply``; how it ended."""
         received = time.perf_counter()
         policy = self.access.policy(message.platform, message.channel, *message.places)
@@ -135,6 +158,9 @@ class ChatService:
             window=RATE_WINDOW,
             limit=limit,
             also=message.rate_keys,
+            holder=self.claims.holder,
+            lease=self.claims.lease,
+            payload=self.claims.payload(message, resume),
         )
         if claim == "duplicate":
             log.info("%s already handled (retry or duplicate delivery)", message.key)
@@ -142,6 +168,12 @@ class ChatService:
         if claim == "limited":
             await reply.notice(RATE_LIMITED.format(limit=limit), private=True)
             return "rate_limited"
+        async with self.claims.held(message.key):
+            return await self._accepted(message, reply, policy, text, received)
+
+    async def _accepted(
+        self, message: IncomingMessage, reply: Reply, policy: ChannelPolicy, text: str, received: float
+    ) -> Outcome:
         collections = policy.collections or await self.answerer.kb.catalog.collection_names()
         if not collections:
             await reply.notice(NO_DOCUMENTS)

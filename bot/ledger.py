@@ -2,6 +2,11 @@
 
 - **Dedupe**: an event is handled by whoever inserts its key first (``INSERT … ON CONFLICT DO
   NOTHING``); Slack's retries and duplicate deliveries find the key taken.
+- **Leases**: a question's claim is held (``holder``, ``lease_until``) and renewed while it is
+  answered, then settled ``answered`` or ``failed``. A claim whose lease ran out unsettled (its
+  holder died) is taken over, by compare-and-set, by a retry's replica or a sweep
+  (:meth:`orphans`), with what it takes to answer it (``payload``). A live holder renews in
+  time, so nobody else ever takes it: at most one answer while it lives, one after it died.
 - **Rate limit**: a person's accepted questions in the last minute, counted from the same rows;
   also per extra rate key (an anonymous web asker's hashed address), from a row per key.
 - **Answer messages**: which chat messages show which answer, so a reaction on a message is a
@@ -11,9 +16,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kbot.db import Database
 from kbot.db.models import Answer, AnswerMessage, InboundEvent, utcnow
 
+log = logging.getLogger(__name__)
 Claim = Literal["accepted", "duplicate", "limited"]
 
 
@@ -42,6 +49,9 @@ class ChatLedger:
         window: timedelta,
         limit: int,
         also: Sequence[str] = (),
+        holder: str = "",
+        lease: timedelta = timedelta(seconds=30),
+        payload: dict[str, Any] | None = None,
     ) -> Claim:
         """Claim a question: ``duplicate`` if another delivery already did; ``limited`` if it
         would be question number ``limit + 1`` or more in the last ``window`` (0 = no limit) of
@@ -54,13 +64,17 @@ class ChatLedger:
         concurrency because it runs in the claim's transaction while the claims of each key are
         serialised: SQLite has one writer at a time, and PostgreSQL takes a transaction-scoped
         advisory lock on each key (in one order, so two claims sharing keys never deadlock).
+
+        The claim is ``holder``'s until ``lease`` from now. A claim already there whose lease ran
+        out unsettled is taken over (``accepted``, not counted again).
         """
         actors = [actor, *dict.fromkeys(a for a in also if a != actor)]
+        held = {"state": "working", "holder": holder, "lease_until": utcnow() + lease, "payload": payload}
         async with self._db.session() as s:
             if self._db.url.get_backend_name() == "postgresql":
                 await self._lock(s, [f"kbot:questions:{platform}:{a}" for a in actors])
-            if not await self._insert(s, key, platform=platform, kind="question", actor=actor):
-                return "duplicate"
+            if not await self._insert(s, key, platform=platform, kind="question", actor=actor, **held):
+                return "accepted" if await self._take_over(s, key, held) else "duplicate"
             keys = {actor: key}
             for extra in actors[1:]:
                 keys[extra] = _rate_row_key(key, extra)
@@ -80,7 +94,7 @@ class ChatLedger:
                     await s.execute(
                         update(InboundEvent)
                         .where(InboundEvent.key.in_(list(keys.values())))
-                        .values(kind="limited")
+                        .values(kind="limited", state=None, lease_until=None, payload=None)
                     )
                     return "limited"
             return "accepted"
@@ -94,10 +108,63 @@ class ChatLedger:
         for lock_id in ids:
             await s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
 
-    async def _insert(self, s: AsyncSession, key: str, *, platform: str, kind: str, actor: str) -> bool:
+    @staticmethod
+    async def _take_over(s: AsyncSession, key: str, held: dict[str, Any]) -> bool:
+        taken = await s.execute(
+            update(InboundEvent)
+            .where(
+                InboundEvent.key == key,
+                InboundEvent.state == "working",
+                InboundEvent.lease_until < utcnow(),
+            )
+            .values(**held)
+            .returning(InboundEvent.holder)
+        )
+        if taken.first() is None:
+            return False
+        log.warning("%s: its claim's lease ran out unanswered (holder gone); answering it here", key)
+        return True
+
+    async def renew(self, key: str, holder: str, lease: timedelta) -> bool:
+        """Extend ``holder``'s claim on ``key``; False when it is no longer theirs."""
+        async with self._db.session() as s:
+            result = await s.execute(
+                update(InboundEvent)
+                .where(
+                    InboundEvent.key == key, InboundEvent.holder == holder, InboundEvent.state == "working"
+                )
+                .values(lease_until=utcnow() + lease)
+                .returning(InboundEvent.key)
+            )
+            return result.first() is not None
+
+    async def settle(self, key: str, holder: str, state: Literal["answered", "failed"]) -> None:
+        """End ``holder``'s claim; what it took to answer it is no longer kept."""
+        async with self._db.session() as s:
+            await s.execute(
+                update(InboundEvent)
+                .where(InboundEvent.key == key, InboundEvent.holder == holder)
+                .values(state=state, lease_until=None, payload=None)
+            )
+
+    async def orphans(self, within: timedelta) -> list[tuple[str, dict[str, Any]]]:
+        """Claims from the last ``within`` whose lease ran out unsettled, with their payloads."""
+        now = utcnow()
+        stmt = select(InboundEvent.key, InboundEvent.payload).where(
+            InboundEvent.state == "working",
+            InboundEvent.lease_until < now,
+            InboundEvent.received_at >= now - within,
+            InboundEvent.payload.is_not(None),
+        )
+        async with self._db.session() as s:
+            return [(key, payload) for key, payload in (await s.execute(stmt)).all() if payload]
+
+    async def _insert(
+        self, s: AsyncSession, key: str, *, platform: str, kind: str, actor: str, **held: Any
+    ) -> bool:
         stmt = (
             self._db.insert(InboundEvent)
-            .values(key=key, platform=platform, kind=kind, actor=actor, received_at=utcnow())
+            .values(key=key, platform=platform, kind=kind, actor=actor, received_at=utcnow(), **held)
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(InboundEvent.key)
         )

@@ -18,7 +18,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +145,7 @@ def build_app(runtime: Runtime) -> web.Application:
         app.router.add_post("/api/messages", runtime.teams.handle)
     app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_flush_feedback)
+    app.cleanup_ctx.append(_answer_orphans)
     return app
 
 
@@ -239,41 +240,42 @@ async def _slack_events(request: web.Request) -> web.StreamResponse:
     return await to_aiohttp_response(bolt_response)
 
 
-async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    service = app[SERVICE_KEY]
+@asynccontextmanager
+async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """Run ``job`` now and then every ``seconds`` while the app runs; a failure is logged, not fatal."""
 
     async def loop() -> None:
         while True:
             try:
-                await service.housekeeping()
-            except Exception:
-                log.exception("housekeeping failed; will try again")
-            await asyncio.sleep(HOUSEKEEPING_EVERY_S)
+                await job()
+            except Exception:  # a background loop's top: the next round tries again
+                log.exception("%s failed; will try again", what)
+            await asyncio.sleep(seconds)
 
-    task = asyncio.create_task(loop(), name="housekeeping")
+    task = asyncio.create_task(loop(), name=what)
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    async with _every(HOUSEKEEPING_EVERY_S, "housekeeping", app[SERVICE_KEY].housekeeping):
+        yield
+
+
+async def _answer_orphans(app: web.Application) -> AsyncIterator[None]:
+    """Questions whose server died mid-answer (a lease that ran out): answered here, once."""
+    service = app[SERVICE_KEY]
+    async with _every(service.settings.claim_lease_s, "answering orphaned questions", service.sweep):
+        yield
 
 
 async def _flush_feedback(app: web.Application) -> AsyncIterator[None]:
     """Write feedback kept on disk during a database outage (and any left by the last run)."""
     service = app[SERVICE_KEY]
-
-    async def loop() -> None:
-        while True:
-            try:
-                await service.flush_feedback()
-            except Exception:
-                log.exception("writing waiting feedback failed; will try again")
-            await asyncio.sleep(SPOOL_RETRY_S)
-
-    task = asyncio.create_task(loop(), name="flush feedback")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _every(SPOOL_RETRY_S, "writing waiting feedback", service.flush_feedback):
+        yield
     # One last try on the way out; whatever still waits stays on disk for the next start.
     with contextlib.suppress(KbotError):
         await service.flush_feedback()

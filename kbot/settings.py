@@ -201,6 +201,14 @@ class Settings(BaseSettings):
         description="Answers worked on at once per server; more questions wait their turn (a local "
         "model generates one at a time anyway; raise it for a vLLM server).",
     )
+    claim_lease_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=600.0,
+        description="How long a server's claim on a question lasts unless renewed (every third of "
+        "it while answering). A server that dies mid-answer loses its claims this long after; another "
+        "replica, or this one restarted, then answers them.",
+    )
     rate_limit_per_minute: int = Field(
         default=10, ge=0, description="Questions one person may ask per minute (0 = no limit)."
     )

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -534,3 +535,33 @@ async def test_single_tenant_bot_refuses_other_tenants(tmp_path: Path, embedder:
         assert (await teams.post(stranger)).status == 403
         assert (await teams.post(teams.activity(text=QUESTION))).status in (200, 201)
         await wait_until(lambda: teams.stats["answered"] == 1)
+
+
+async def test_a_question_orphaned_by_a_dead_server_is_answered_from_its_stored_reference(
+    teams: TeamsEnv,
+) -> None:
+    from botbuilder.core import TurnContext
+    from botbuilder.schema import Activity
+
+    from bot.claims import Claims
+    from bot.conversation import IncomingMessage
+
+    activity = Activity().deserialize(teams.activity(text=QUESTION))
+    reference = TurnContext.get_conversation_reference(activity).serialize()
+    message = IncomingMessage(
+        platform="teams", key="teams:msg:orphan", user="teams:u1", channel=activity.conversation.id,
+        thread=activity.conversation.id, text=QUESTION, addressed=True, private=True,
+    )  # fmt: skip
+    service = teams.env.runtime.service
+    claimed = await service.ledger.claim_question(
+        message.key, platform="teams", actor=message.user, window=timedelta(minutes=1), limit=0,
+        holder="a-server-that-died", lease=timedelta(seconds=-1),
+        payload=Claims.payload(message, {"reference": reference}),
+    )  # fmt: skip
+    assert claimed == "accepted"
+    assert await service.sweep() == 1
+    await wait_until(lambda: service.stats["answered"] == 1)
+    [answer] = teams.connector.messages()
+    assert answer["text"].startswith("Sick leave is 10 days per year [1]")
+    assert answer["conversation"]["id"] == activity.conversation.id
+    assert await service.sweep() == 0  # settled: nobody answers it again

@@ -101,6 +101,7 @@ class SlackAdapter:
         self.client = client or slack_client(settings)
         self.directory = SlackDirectory(self.client, service.access.group_ids(PLATFORM, "S"))
         service.resolvers[PLATFORM] = self.directory.usergroups_of
+        service.resumers[PLATFORM] = self.resume
         self.budget = UpdateBudget()
         self.capabilities = Capabilities(streaming=settings.slack_streaming)
         self._identity: AsyncSlackResponse | None = None
@@ -178,17 +179,12 @@ class SlackAdapter:
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         team = field(event, "team") or field(body, "team_id")
         text = field(event, "text")
-        reply = SlackReply(
-            self.client,
-            channel=channel,
-            thread_ts=thread_ts or (None if is_dm else ts),
-            user=user,
-            interval=self.settings.slack_update_interval_s,
-            links=self.settings.source_links,
-            team=field(event, "user_team") or team,
-            capabilities=self.capabilities,
-            budget=self.budget,
-        )
+        # Also what another server needs to answer it, should this one die first.
+        resume: dict[str, Any] = {
+            "thread_ts": thread_ts or (None if is_dm else ts),
+            "team": field(event, "user_team") or team,
+        }
+        reply = self._reply(channel, user, resume)
         question, answer_with = limit_question(clean_text(text, context.bot_user_id), reply)
         message = IncomingMessage(
             platform=PLATFORM,
@@ -206,7 +202,24 @@ class SlackAdapter:
         )
         if is_dm and thread_ts and thread_ts != ts:
             await self.assistant.title(channel, thread_ts, question)
-        self.service.submit(message, answer_with)
+        self.service.submit(message, answer_with, resume)
+
+    def resume(self, message: IncomingMessage, resume: dict[str, Any]) -> SlackReply:
+        """The reply to an orphaned question (its server died before answering)."""
+        return self._reply(message.channel, message.user, resume)
+
+    def _reply(self, channel: str, user: str, where: dict[str, Any]) -> SlackReply:
+        return SlackReply(
+            self.client,
+            channel=channel,
+            thread_ts=where["thread_ts"],
+            user=user,
+            interval=self.settings.slack_update_interval_s,
+            links=self.settings.source_links,
+            team=where["team"],
+            capabilities=self.capabilities,
+            budget=self.budget,
+        )
 
     # --- feedback ---
 

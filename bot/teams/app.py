@@ -42,7 +42,7 @@ from botbuilder.integration.aiohttp import (
     ConfigurationBotFrameworkAuthentication,
     ConfigurationServiceClientCredentialFactory,
 )
-from botbuilder.schema import Activity, ChannelAccount, MessageReaction
+from botbuilder.schema import Activity, ChannelAccount, ConversationReference, MessageReaction
 from botframework.connector.auth import (
     AuthenticationConstants,
     ChannelValidation,
@@ -141,6 +141,7 @@ class TeamsAdapter:
     ) -> None:
         self.settings = settings
         self.service = service
+        service.resumers[PLATFORM] = self.resume
         self.app_id = settings.teams_app_id or None
         if self.app_id is None and not settings.teams_emulator:
             raise ConfigError(
@@ -200,12 +201,14 @@ class TeamsAdapter:
         return EMULATOR_PREFIX + found if self.emulator else found
 
     def reply_for(self, activity: Activity) -> TeamsReply:
-        return TeamsReply(
-            self.cloud,
-            TurnContext.get_conversation_reference(activity),
-            app_id=self.app_id,
-            links=self.settings.source_links,
-        )
+        return self._reply(TurnContext.get_conversation_reference(activity))
+
+    def _reply(self, reference: ConversationReference) -> TeamsReply:
+        return TeamsReply(self.cloud, reference, app_id=self.app_id, links=self.settings.source_links)
+
+    def resume(self, message: IncomingMessage, resume: dict[str, Any]) -> TeamsReply:
+        """The reply to an orphaned question, from its stored conversation reference."""
+        return self._reply(ConversationReference.deserialize(resume["reference"]))
 
     async def _on_turn_error(self, turn_context: TurnContext, error: Exception) -> None:
         # botbuilder's last resort for an exception inside a turn: the user hears about it.
@@ -251,7 +254,8 @@ class _KbotBot(ActivityHandler):  # type: ignore[misc]  # botbuilder ships no ty
             identities=() if emulator else tuple(t for t in (_tenant(activity),) if t),
             anonymous=emulator,
         )
-        self._service.submit(message, reply)
+        reference = TurnContext.get_conversation_reference(activity)
+        self._service.submit(message, reply, {"reference": reference.serialize()})
 
     async def on_reactions_added(
         self, message_reactions: list[MessageReaction], turn_context: TurnContext
