@@ -364,6 +364,8 @@ for name, sub_app in (
     app.add_typer(sub_app, name=name)
 app.command("delete")(knowledge_cli.delete_command)
 app.command("forget")(db_cli.forget_command)
+app.command("backup")(db_cli.backup_command)
+app.command("restore")(db_cli.restore_command)
 app.command("eval")(learning_cli.eval_command)
 app.command("nightly")(learning_cli.nightly_command)
 app.command("doctor")(doctor.command)

@@ -172,3 +172,18 @@ async def test_a_scheduled_source_picks_up_an_edit_within_its_interval(served: S
     assert str(row["detail"]).startswith("0 added, 1 updated"), row
     found = kbot("search", "Aurora seats", "-c", "rooms", "--json", cwd=served.cwd, env=served.env)
     assert "twelve" in json.loads(found.stdout)[0]["text"]
+
+
+def test_backup_while_serving_and_restore_elsewhere_give_the_same_search(served: Served) -> None:
+    backed = kbot("backup", "snapshot", cwd=served.cwd, env=served.env)
+    assert backed.returncode == 0, backed.stderr
+    assert backed.stdout.startswith("Backed up to snapshot: kbot.db, conversations.db, qdrant")
+    refused = kbot("restore", "snapshot", "--yes", cwd=served.cwd, env=served.env)
+    assert refused.returncode == 2 and "kbot serve runs on" in refused.stderr
+    elsewhere = {**served.env, "KBOT_DATA_DIR": str(served.cwd / "restored"), "KBOT_SOURCES": "{}"}
+    restored = kbot("restore", "snapshot", cwd=served.cwd, env=elsewhere)
+    assert restored.returncode == 0 and restored.stdout.startswith("Restored kbot.db"), restored.stderr
+    query = ("search", "How many days of sick leave do I get?", "-c", "hr", "--json")
+    live = kbot(*query, cwd=served.cwd, env=served.env)
+    copy = kbot(*query, cwd=served.cwd, env=elsewhere)
+    assert copy.returncode == 0 and json.loads(copy.stdout) == json.loads(live.stdout) != []

@@ -8,8 +8,8 @@ sharing data need a Qdrant server (``KBOT_QDRANT_URL``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class EdgeVectorStore:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._shard: qe.EdgeShard | None = None
+        self._writes = asyncio.Lock()  # held by each write, and while the shard is frozen for a copy
 
     async def prepare(self, dimension: int) -> None:
         if self._shard is not None:
@@ -128,8 +129,30 @@ class EdgeVectorStore:
 
     async def optimize(self) -> None:
         shard = self.shard
-        with _engine_errors(f"Optimizing the Qdrant Edge shard at {self._path} failed"):
-            await asyncio.to_thread(shard.optimize)
+        async with self._writes:
+            with _engine_errors(f"Optimizing the Qdrant Edge shard at {self._path} failed"):
+                await asyncio.to_thread(shard.optimize)
+
+    async def load(self) -> None:
+        """Open the shard as it is on disk, whatever its vectors' size; none there: nothing."""
+        if self._shard is None and (self._path / "edge_config.json").is_file():
+            with _engine_errors(f"Cannot open the Qdrant Edge shard at {self._path}"):
+                self._shard = qe.EdgeShard.load(str(self._path))  # no config: it would be rewritten
+
+    @asynccontextmanager
+    async def frozen(self) -> AsyncIterator[Path | None]:
+        """Flushed, with writes held back until exit: its folder can be copied as it is (searches
+        go on). Yields the folder, or None when no shard was ever created."""
+        async with self._writes:
+            if self._shard is None:
+                await self.load()
+            if self._shard is None:
+                yield None
+                return
+            shard = self._shard
+            with _engine_errors(f"Flushing the Qdrant Edge shard at {self._path} failed"):
+                await asyncio.to_thread(shard.flush)
+            yield self._path
 
     async def close(self) -> None:
         if self._shard is not None:
@@ -138,8 +161,25 @@ class EdgeVectorStore:
 
     async def _write(self, operation: qe.UpdateOperation) -> None:
         shard = self.shard
-        with _engine_errors(f"Writing to the Qdrant Edge shard at {self._path} failed"):
-            await asyncio.to_thread(shard.update, operation)
+        async with self._writes:
+            with _engine_errors(f"Writing to the Qdrant Edge shard at {self._path} failed"):
+                await asyncio.to_thread(shard.update, operation)
+
+    async def delete_points(self, ids: Sequence[str]) -> None:
+        if ids:
+            await self._write(qe.UpdateOperation.delete_points(list(ids)))
+
+    async def points(self) -> dict[str, str]:
+        """Every point's id and collection (a backup's check of its copy against the catalog)."""
+        shard, offset = self.shard, None
+        found: dict[str, str] = {}
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=1000, with_payload=["collection"])
+            with _engine_errors(f"Reading the Qdrant Edge shard at {self._path} failed"):
+                records, offset = await asyncio.to_thread(shard.scroll, request)
+            found |= {str(r.id): str((r.payload or {}).get("collection", "")) for r in records}
+            if offset is None:
+                return found
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,16 @@ class SharedShardStore:
 
     async def optimize(self) -> None:
         await self._call("optimize", {})
+
+    @contextlib.asynccontextmanager
+    async def frozen(self) -> AsyncIterator[Path | None]:
+        """The server's shard, flushed, its writes held back until exit or until this hangs up
+        (a backup that dies never leaves the server frozen)."""
+        path = await self._call("freeze", {})
+        try:
+            yield None if path is None else Path(path)
+        finally:
+            await self._call("thaw", {})
 
     async def close(self) -> None:
         """Hang up; the shard stays open in the server."""
@@ -197,18 +207,26 @@ class ShardHost:
             if _peer_uid(writer) != os.getuid():
                 log.warning("refused a control connection from another user")
                 return
-            while line := await reader.readline():
-                writer.write(json.dumps(await self._answer(store, line), ensure_ascii=False).encode() + b"\n")
-                await writer.drain()
+            # A freeze (a backup's copy) lasts until thawed or until its connection goes.
+            async with _Freeze(store) as frozen:
+                while line := await reader.readline():
+                    answer = await self._answer(store, line, frozen)
+                    writer.write(json.dumps(answer, ensure_ascii=False).encode() + b"\n")
+                    await writer.drain()
         except (OSError, asyncio.LimitOverrunError, ValueError):
             log.info("a kbot command hung up mid-request")
         finally:
             self._clients.discard(task)
             writer.close()
 
-    async def _answer(self, store: VectorStore, line: bytes) -> dict[str, Any]:
+    async def _answer(self, store: VectorStore, line: bytes, frozen: _Freeze) -> dict[str, Any]:
         try:
             request = json.loads(line)
+            if request["op"] == "freeze":
+                return {"ok": await frozen.freeze()}
+            if request["op"] == "thaw":
+                await frozen.thaw()
+                return {"ok": None}
             op = self._ops[request["op"]]
             return {"ok": await op(store, request["args"])}
         except KbotError as exc:
@@ -220,6 +238,35 @@ class ShardHost:
 async def _search(store: VectorStore, args: dict[str, Any]) -> list[dict[str, Any]]:
     hits = await store.search(_query_in(args["query"]))
     return [{**hit.__dict__, "acl": list(hit.acl)} for hit in hits]
+
+
+class _Freeze:
+    """One connection's freeze of the shard: at most one, ended by thaw or by hanging up."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self._store = store
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def freeze(self) -> str | None:
+        freeze = getattr(self._store, "frozen", None)  # the Edge shard's; a Qdrant server has snapshots
+        if freeze is None:
+            raise VectorStoreError("This vector store cannot be frozen for a copy.")
+        if self._stack is not None:
+            raise VectorStoreError("The shard is already frozen for this connection.")
+        self._stack = contextlib.AsyncExitStack()
+        path = await self._stack.enter_async_context(freeze())
+        return None if path is None else str(path)
+
+    async def thaw(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> _Freeze:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.thaw()
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
