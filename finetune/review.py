@@ -273,7 +273,10 @@ async def _items(s: AsyncSession, pairs: list[tuple[Correction, Answer]]) -> lis
         )
         for answer_id, platform, comment in votes:
             reasons.setdefault(answer_id, []).append({"platform": platform, "text": comment})
-    chunk_ids = sorted({str(r.get("chunk_id")) for _, a in pairs for r in a.retrieved if r.get("used")})
+    chunk_ids = sorted(
+        {str(r.get("chunk_id")) for _, a in pairs for r in a.retrieved if r.get("used")}
+        | {str(c["chunk_id"]) for _, a in pairs for c in a.citations if c.get("chunk_id")}
+    )
     titles: dict[str, str] = {}
     if chunk_ids:
         rows = await s.execute(
@@ -310,7 +313,8 @@ async def _items(s: AsyncSession, pairs: list[tuple[Correction, Answer]]) -> lis
 def _sources(answer: Answer, titles: dict[str, str]) -> list[dict[str, Any]]:
     """The passages the answer used, numbered as in its prompt, with their text there (when the
     model was asked) and whether the shown answer cites them; then any cited passage not among
-    them (answers logged before kbot recorded which passages were used)."""
+    them (answers logged before kbot recorded which passages were used). ``deleted``: the chunk
+    is no longer in any document (deleted, or changed and re-ingested since)."""
     prompted = _prompt_sources(answer.messages)
     cited = {str(c.get("chunk_id", "")): c for c in answer.citations if c.get("chunk_id")}
     out: list[dict[str, Any]] = []
@@ -326,6 +330,7 @@ def _sources(answer: Answer, titles: dict[str, str]) -> list[dict[str, Any]]:
                 "text": _snippet(text),
                 "cited": citation is not None,
                 "quote": str(citation.get("quote", "")) if citation else "",
+                "deleted": chunk_id not in titles,
             }
         )
     for citation in [*cited.values(), *(c for c in answer.citations if not c.get("chunk_id"))]:
@@ -337,6 +342,7 @@ def _sources(answer: Answer, titles: dict[str, str]) -> list[dict[str, Any]]:
                 "text": "",
                 "cited": True,
                 "quote": str(citation.get("quote", "")),
+                "deleted": bool(citation.get("chunk_id")) and str(citation.get("chunk_id")) not in titles,
             }
         )
     return out

@@ -316,3 +316,17 @@ async def test_trust_mode_approves_corrections_on_arrival(tmp_path: Path, embedd
         item = await env.runtime.service.review.item(stored.id)
         assert item is not None and item.reviewer == TRUST
         assert answer_of(await events(await ask(env, SICK)))["text"] == stored.text
+
+
+async def test_a_source_deleted_since_is_shown_as_document_deleted(env: SlackEnv) -> None:
+    await web_correction(env, "Twelve days of paid sick leave a year.")
+    [before] = (await (await env.client.get("/api/corrections", headers=ADMIN)).json())["items"]
+    [source] = [s for s in before["sources"] if s["cited"]]
+    assert source["deleted"] is False
+    kb = env.runtime.service.answerer.kb
+    gone = await kb.delete([source["source"]], "handbook")
+    assert gone[source["source"]] == [source["source"]]
+    [after] = (await (await env.client.get("/api/corrections", headers=ADMIN)).json())["items"]
+    [same] = [s for s in after["sources"] if s["cited"]]
+    # The answer log keeps its chunk ids; they no longer lead to a document.
+    assert (same["source"], same["deleted"]) == (source["source"], True)

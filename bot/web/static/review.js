@@ -32,6 +32,7 @@ function sourceList(sources) {
     const item = el("li", { class: "source" }, `[${s.n ?? "?"}] `, el("span", { class: "title" }, s.title || s.source),
       el("span", { class: "path" }, s.source));
     if (s.cited) item.append(el("span", { class: "badge cited" }, "cited"));
+    if (s.deleted) item.append(el("span", { class: "badge deleted", title: "No longer in the knowledge base" }, "document deleted"));
     if (s.text) item.append(el("blockquote", {}, s.text));
     else if (s.quote) item.append(el("blockquote", {}, s.quote));
     list.append(item);
