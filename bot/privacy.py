@@ -21,6 +21,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agent.answering import Answerer
+from bot import spool
 from kbot.db.models import Answer, AnswerMessage, Correction, InboundEvent, Vote
 from kbot.errors import ConfigError
 
@@ -35,6 +36,7 @@ class Erased:
     corrections: int = 0
     events: int = 0
     conversations: int = 0
+    waiting: int = 0  # feedback kept on disk during a database outage (bot/spool.py)
 
     def __str__(self) -> str:
         return ", ".join(f"{getattr(self, f.name)} {f.name}" for f in fields(self))
@@ -74,6 +76,7 @@ async def forget(answerer: Answerer, person: str) -> Erased:
         )
     threads = {f"{platform}:{a.channel}:{a.thread}" for a in asked if a.thread}
     await _forget_threads(answerer, verified, threads, erased)
+    erased.waiting = spool.erase(answerer.settings.data_dir / "spool", platform, user)
     log.info("forgot %s: %s", person, erased)
     return erased
 

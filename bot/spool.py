@@ -32,6 +32,7 @@ from kbot.errors import KbotError, StoreError
 
 log = logging.getLogger(__name__)
 Apply = Callable[[dict[str, Any]], Awaitable[Any]]
+ERASED = "erased"  # a line whose event kbot forget removed: kept as a blank, skipped on replay
 
 
 class FeedbackSpool:
@@ -129,7 +130,9 @@ async def _replay_file(path: Path, apply: Apply) -> tuple[int, StoreError | None
     try:
         for line in lines:
             try:
-                await apply(json.loads(line))
+                event = json.loads(line)
+                if event.get(ERASED) is None:
+                    await apply(event)
             except StoreError as exc:
                 return done, exc
             except (KbotError, ValueError, TypeError) as exc:
@@ -138,6 +141,39 @@ async def _replay_file(path: Path, apply: Apply) -> tuple[int, StoreError | None
     finally:
         _forget(path, done)
     return done, None
+
+
+def erase(folder: Path, platform: str, user: str) -> int:
+    """Blank out ``user``'s waiting feedback in every spool file there (``kbot forget``); how much.
+
+    Lines are overwritten in place, never removed: a replay in progress drops the lines it has
+    written by count, so the count must not change under it.
+    """
+    erased = 0
+    for path in sorted(folder.glob("feedback*.jsonl")) if folder.is_dir() else []:
+        with _locked(path, "r+") as f:
+            lines = f.read().splitlines()
+            kept = []
+            for line in lines:
+                try:
+                    event = json.loads(line) if line.strip() else {}
+                except ValueError:
+                    event = {}
+                if (
+                    isinstance(event, dict)
+                    and event.get("platform") == platform
+                    and event.get("user") == user
+                ):
+                    kept.append(json.dumps({ERASED: True}))
+                    erased += 1
+                else:
+                    kept.append(line)
+            f.seek(0)
+            f.truncate()
+            f.write("".join(line + "\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+    return erased
 
 
 def _forget(path: Path, done: int) -> None:

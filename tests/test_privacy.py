@@ -81,7 +81,14 @@ async def test_forget_leaves_nothing_of_the_person_and_everything_else(env: Slac
     vacation = "How many vacation days do I get?"
     assert await answerer.verified.match(vacation, ["handbook"], []) is not None  # GONE's correction
 
+    spool = env.runtime.service.spool
+    assert spool is not None  # as if the store had failed: their vote waits on disk, and STAYS's
+    for user in (GONE, STAYS):
+        spool.put({"platform": "slack", "user": user, "kind": "vote", "answer_id": theirs, "value": 1})
     erased = await privacy.forget(answerer, f"slack:{GONE}")
+    assert erased.waiting == 1
+    waiting = "".join(p.read_text() for p in spool.folder.glob("feedback*.jsonl"))
+    assert GONE not in waiting and STAYS in waiting
     assert (erased.answers, erased.conversations) == (2, 2)
     assert erased.votes == 2 and erased.corrections == 1  # theirs, and STAYS's vote on their answer
     assert GONE not in await everything(env)  # no table holds the id any more
@@ -95,7 +102,7 @@ async def test_forget_leaves_nothing_of_the_person_and_everything_else(env: Slac
     # Nothing left: a second time erases nothing; a malformed person is a plain error.
     assert (
         str(await privacy.forget(answerer, f"slack:{GONE}"))
-        == "0 answers, 0 votes, 0 corrections, 0 events, 0 conversations"
+        == "0 answers, 0 votes, 0 corrections, 0 events, 0 conversations, 0 waiting"
     )
     with pytest.raises(ConfigError, match="PLATFORM:ID"):
         await privacy.forget(answerer, GONE)

@@ -97,3 +97,20 @@ async def test_a_store_failure_keeps_the_rest_in_order(tmp_path: Path) -> None:
 def _one(folder: Path, proc: subprocess.Popen[str]) -> str:
     [name] = [p.name for p in folder.glob(f"feedback-*-{proc.pid}-*.jsonl")]
     return name
+
+
+async def test_an_erased_person_s_waiting_feedback_is_never_written(tmp_path: Path) -> None:
+    from bot.spool import erase
+
+    spool = FeedbackSpool(tmp_path)
+    for n, user in enumerate(["U1", "U2", "U1", "U3"]):
+        spool.put({"platform": "slack", "user": user, "n": n})
+    assert erase(tmp_path, "slack", "U1") == 2 and erase(tmp_path, "teams", "U2") == 0
+    applied: list[Any] = []
+
+    async def apply(event: dict[str, Any]) -> None:
+        applied.append(event["n"])
+
+    assert await spool.replay(apply) == 4  # the blanks count as done: positions never shift
+    assert applied == [1, 3] and spool.pending == 0
+    spool.close()
