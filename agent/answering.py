@@ -24,6 +24,7 @@ from agent.adapters import AdapterRegistry
 from agent.answer_log import record_answer
 from agent.backends import AdapterRef, ModelBackend
 from agent.graph import AnswerContext, AnswerState, build_graph
+from agent.memory import open_memory
 from kbot.db.models import Answer
 from kbot.errors import KbotError, public_reason
 from kbot.settings import Settings
@@ -122,7 +123,7 @@ class Answerer:
         if backend is None:
             backend = await asyncio.to_thread(open_backend, settings)
             exits.push_async_callback(backend.close)
-        checkpointer = await exits.enter_async_context(_checkpointer(settings))
+        checkpointer = await exits.enter_async_context(open_memory(settings))
         return cls(settings, kb, backend, checkpointer, exits)
 
     async def warm_up(self) -> None:
@@ -345,55 +346,3 @@ def _verdict(state: AnswerState, error: str) -> dict[str, Any]:
         and state.get("generated") is not None,
         "grounding": grounding,
     }
-
-
-def _checkpointer(settings: Settings) -> Any:
-    """Conversation memory per thread: SQLite beside the data, or the PostgreSQL store."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.sql_url)
-    if url.get_backend_name() == "postgresql":
-        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return _setup(_postgres_saver(conninfo))
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return _setup(AsyncSqliteSaver.from_conn_string(str(settings.data_dir / "conversations.db")))
-
-
-@contextlib.asynccontextmanager
-async def _postgres_saver(conninfo: str) -> AsyncIterator[Any]:
-    """LangGraph's PostgreSQL saver on a pool that checks connections before use: after a
-    database restart or outage the next answer reconnects, where a single connection would
-    stay broken until kbot restarts."""
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-    from psycopg.rows import dict_row
-    from psycopg_pool import AsyncConnectionPool
-
-    pool = AsyncConnectionPool(
-        conninfo,
-        min_size=1,
-        max_size=8,
-        timeout=10,
-        open=False,
-        check=AsyncConnectionPool.check_connection,
-        # What the saver needs of its connections (see AsyncPostgresSaver.from_conn_string).
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row, "connect_timeout": 5},
-    )
-    async with pool:
-        yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-
-
-class _setup:
-    """Enter a saver's context and create its tables."""
-
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
-
-    async def __aenter__(self) -> Any:
-        saver = await self._manager.__aenter__()
-        await saver.setup()
-        return saver
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._manager.__aexit__(*exc)

@@ -363,5 +363,5 @@ def test_forget_a_person(workdir: tuple[Path, dict[str, str]]) -> None:
     assert done.returncode == 0, done.stderr
     assert (
         done.stdout.strip()
-        == "Forgot slack:U0123: 0 answers, 0 votes, 0 corrections, 0 events, 0 conversations."
+        == "Forgot slack:U0123: 0 answers, 0 votes, 0 corrections, 0 events, 0 conversations, 0 waiting."
     )

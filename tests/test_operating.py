@@ -172,6 +172,11 @@ async def test_a_scheduled_source_picks_up_an_edit_within_its_interval(served: S
     assert str(row["detail"]).startswith("0 added, 1 updated"), row
     found = kbot("search", "Aurora seats", "-c", "rooms", "--json", cwd=served.cwd, env=served.env)
     assert "twelve" in json.loads(found.stdout)[0]["text"]
+    [listed] = json.loads(kbot("sources", "--json", cwd=served.cwd, env=served.env).stdout)
+    assert (listed["name"], listed["schedule"]) == ("rooms", "every 2s")
+    assert listed["status"] in ("ok", "running")  # it syncs every 2 s: it may be at it right now
+    unknown = kbot("sources", "sync", "nope", cwd=served.cwd, env=served.env)
+    assert unknown.returncode == 2 and "No source named nope" in unknown.stderr
 
 
 def test_backup_while_serving_and_restore_elsewhere_give_the_same_search(served: Served) -> None:

@@ -378,8 +378,10 @@ class Tracker:
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         submit = service.submit
 
-        def tracked(message: IncomingMessage, reply: Reply) -> asyncio.Task[Any]:
-            task = submit(message, reply)
+        def tracked(
+            message: IncomingMessage, reply: Reply, resume: dict[str, Any] | None = None
+        ) -> asyncio.Task[Any]:
+            task = submit(message, reply, resume)
             self.tasks[message.key] = task
             return task
 

@@ -16,7 +16,7 @@ async def slack(p: Probe) -> str:
     from aiohttp import ClientError
     from slack_sdk.errors import SlackApiError
 
-    from bot.slack.app import slack_client  # the server's own client
+    from bot.slack.calls import slack_client  # the server's own client
 
     try:
         auth = await slack_client(s).auth_test()

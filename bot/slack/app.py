@@ -33,11 +33,6 @@ from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
@@ -46,7 +41,7 @@ from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.slack import render
 from bot.slack.assistant import SlackAssistant
-from bot.slack.calls import call_slack
+from bot.slack.calls import call_slack, slack_client
 from bot.slack.directory import SlackDirectory
 from bot.slack.feedback import REASONS_VIEW, DownvoteReasons
 from bot.slack.payload import field, modal_metadata
@@ -60,21 +55,6 @@ log = logging.getLogger(__name__)
 PLATFORM = "slack"
 # Message subtypes that are a person writing; the rest are edits, joins, bots, deletions…
 _PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
-
-
-def slack_client(settings: Settings) -> AsyncWebClient:
-    """The Web API client: retries on rate limits (honouring Retry-After), 5xx and dropped connections."""
-    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    return AsyncWebClient(
-        token=token,
-        base_url=settings.slack_api_url,
-        timeout=30,
-        retry_handlers=[
-            AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
-            AsyncServerErrorRetryHandler(max_retry_count=2),
-        ],
-    )
 
 
 class IgnoreOtherBots(AsyncMiddleware):
