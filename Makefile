@@ -30,7 +30,7 @@ run: setup
 test: setup
 	scripts/ensure-postgres
 	scripts/ensure-chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
 lint: setup
 	$(BIN)/ruff check .
