@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -45,14 +46,23 @@ async def _postgres_saver(conninfo: str) -> AsyncIterator[Any]:
     async with pool:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         # Replicas starting together on a fresh database would race to create the tables
-        # ("type checkpoints already exists"): one at a time, as kbot's own migrations.
+        # ("type checkpoints already exists"): one at a time. The lock is polled, not waited
+        # for: a waiting statement holds a snapshot, and the holder's CREATE INDEX CONCURRENTLY
+        # would wait for it in turn.
         async with pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext('kbot:checkpoints:setup'))")
+            while not await _try_lock(conn):
+                await asyncio.sleep(0.2)
             try:
                 await saver.setup()
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(hashtext('kbot:checkpoints:setup'))")
         yield saver
+
+
+async def _try_lock(conn: Any) -> bool:
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(hashtext('kbot:checkpoints:setup')) AS taken")
+    row = await cursor.fetchone()
+    return bool(row["taken"])
 
 
 class _setup:

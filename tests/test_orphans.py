@@ -128,3 +128,33 @@ async def test_an_orphaned_question_is_answered_after_sigkill_exactly_once(
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=60)
         assert b.returncode == 0, b_log.read_text()
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_on_a_fresh_database_all_get_conversation_memory(
+    tmp_path: Path, own_postgres: str
+) -> None:
+    """Four servers' conversation memory set up at once: one creates the tables, none fails or hangs."""
+    import sys
+
+    script = (
+        "import asyncio, sys\n"
+        "from agent.memory import open_memory\n"
+        "from kbot.settings import Settings\n"
+        "async def main():\n"
+        "    async with open_memory(Settings(database_url=sys.argv[1], data_dir=sys.argv[2])):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, own_postgres, str(tmp_path)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
