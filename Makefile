@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-parallel lint bench clean
 
 ## setup: create .venv and install kbot with its dev tools (CPU torch first: see README)
 setup: $(VENV)/.installed
@@ -28,6 +28,12 @@ run: setup
 
 ## test: the whole suite, SQLite and PostgreSQL, real models included
 test: setup
+	scripts/ensure-postgres
+	scripts/ensure-chromium
+	$(BIN)/python -m pytest
+
+## test-parallel: the same suite, one test file per worker, two at once (pytest-xdist)
+test-parallel: setup
 	scripts/ensure-postgres
 	scripts/ensure-chromium
 	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=loadfile
