@@ -22,3 +22,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def wait_healthy(
+    url: str, proc: subprocess.Popen[str], *, timeout: float = 180, log: Path | None = None
+) -> None:
+    """Until ``kbot serve`` at ``url`` answers ``/healthz``; it exiting first fails (with its log)."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text() if log else "kbot serve exited"
+            try:
+                async with session.get(url + "/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise AssertionError("kbot serve did not come up")

@@ -20,7 +20,7 @@ from kbot.db.models import InboundEvent
 from tests.conftest import EXAMPLES
 from tests.fake_openai import fake_openai_server
 from tests.fake_slack import SECRET, event_body, fake_slack_server, sign, wait_until
-from tests.kbot_process import KBOT, free_port, kbot
+from tests.kbot_process import KBOT, free_port, kbot, wait_healthy
 
 EVENT = {
     "type": "app_mention",
@@ -30,22 +30,6 @@ EVENT = {
     "text": "<@UBOT> How many days of sick leave do I get?",
 }
 KEY = "slack:msg:C1:1700000000.000200"
-
-
-async def _up(url: str, proc: subprocess.Popen[str], log: Path) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 120
-    async with aiohttp.ClientSession() as session:
-        while loop.time() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                async with session.get(url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.3)
-    raise AssertionError("kbot serve did not come up")
 
 
 async def _deliver(url: str) -> None:
@@ -94,7 +78,7 @@ async def test_an_orphaned_question_is_answered_after_sigkill_exactly_once(
             servers[name] = (f"http://127.0.0.1:{port}", proc, log)
         try:
             for url, proc, log in servers.values():
-                await _up(url, proc, log)
+                await wait_healthy(url, proc, timeout=120, log=log)
             (a_url, a, _), (b_url, b, b_log) = servers["a"], servers["b"]
             await _deliver(a_url)
             await wait_until(lambda: len(model.requests) == 1, timeout=60)  # a is mid-answer

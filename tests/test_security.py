@@ -76,7 +76,7 @@ from tests.fake_teams import (
     fake_connector,
     openid_server,
 )
-from tests.kbot_process import free_port
+from tests.kbot_process import free_port, wait_healthy
 from tests.slack_env import EXAMPLES, SlackEnv, mention, message
 from tests.test_teams import teams_env
 
@@ -1373,21 +1373,6 @@ SERVE = [
 ]
 
 
-async def _healthy(url: str, proc: subprocess.Popen[str], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "kbot serve exited"
-            try:
-                async with session.get(url + "/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.3)
-    raise AssertionError("kbot serve did not come up")
-
-
 @pytest.mark.postgres
 async def test_kbot_serve_never_logs_its_secrets(
     tmp_path: Path, embedder: SentenceTransformerEmbedder, postgres_url: str
@@ -1436,7 +1421,7 @@ async def test_kbot_serve_never_logs_its_secrets(
                         text=True,
                     )
                     try:
-                        await _healthy(url, proc)
+                        await wait_healthy(url, proc)
                         await _exercise(url, http, slack, connector, keys, stack)
                     finally:
                         proc.send_signal(signal.SIGTERM)
