@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +109,27 @@ async def test_bad_feedback_is_a_clear_error(database: Database) -> None:
     with pytest.raises(FeedbackError, match="needs some text"):
         await log.correct(answer_id=a, platform="slack", author="U1", text="  ")
     assert await log.votes() == [] and await log.corrections() == []
+
+
+async def test_sqlite_readers_are_not_blocked_by_a_writer(tmp_path: Path) -> None:
+    """The server keeps reading while another process (ingest, nightly) holds a write open."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'kbot.db'}")
+    await db.migrate()
+    await db.close()
+    writer = sqlite3.connect(tmp_path / "kbot.db", isolation_level=None)
+    try:
+        # EXCLUSIVE shuts readers out of a rollback-journal file; in WAL mode they read on.
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute(
+            "INSERT INTO inbound_events (key, platform, kind, actor, received_at)"
+            " VALUES ('w', 's', 'event', 'U', '2026-01-01')"
+        )
+        reader = sqlite3.connect(tmp_path / "kbot.db", timeout=0)
+        assert reader.execute("SELECT count(*) FROM inbound_events").fetchone() == (0,)
+        reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 async def test_concurrent_claims_across_replicas_have_one_winner(sql_url: str, database: Database) -> None:

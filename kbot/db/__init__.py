@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import NullPool, create_engine, event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -117,8 +117,11 @@ class Database:
 def _migrate(url: URL) -> None:
     engine = create_engine(url, poolclass=NullPool)
     try:
-        with _MIGRATION_THREAD_LOCK, _sqlite_file_lock(url), engine.begin() as conn:
-            _upgrade(conn, url.get_backend_name())
+        with _MIGRATION_THREAD_LOCK, _sqlite_file_lock(url):
+            if url.get_backend_name() == "sqlite":
+                _use_wal(engine)
+            with engine.begin() as conn:
+                _upgrade(conn, url.get_backend_name())
     finally:
         engine.dispose()
 
@@ -149,10 +152,19 @@ def _upgrade(conn: Connection, backend: str) -> None:
     command.upgrade(config, "head")
 
 
+def _use_wal(engine: Engine) -> None:
+    """Put the file in WAL mode, which lets readers (the server) proceed while a writer (ingest)
+    commits. The mode is kept in the file, so it is set once here, under the migration lock: set
+    on every new connection instead, it is a change of mode each time (a fresh connection does
+    not know the file's mode yet), and replicas opening at once could find the file locked."""
+    with engine.connect() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        if str(mode).lower() != "wal":  # an in-memory database stays "memory": nothing to share
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    # WAL lets readers (the server) proceed while a writer (ingest) commits.
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
