@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,13 +139,29 @@ class SourceSyncer:
         return gone
 
 
-def schedule(scheduler: Any, syncer: SourceSyncer, sources: dict[str, SourceConfig]) -> None:
-    """One job per source: every N seconds (the first at once) or on its cron spec."""
-    from datetime import datetime
+def first_run(source: SourceConfig, last_started: datetime | None, now: datetime) -> datetime | None:
+    """When a source's first sync after start-up is due: at once for an interval, for a source
+    never synced, and for a cron source whose run was missed while kbot was down; None to wait
+    for the cron spec's next time."""
+    from apscheduler.triggers.cron import CronTrigger
 
+    if source.cron is None or last_started is None:
+        return now
+    if last_started.tzinfo is None:  # SQLite gives back the UTC it was given, without the zone
+        last_started = last_started.replace(tzinfo=UTC)
+    missed = CronTrigger.from_crontab(source.cron, timezone=now.tzinfo).get_next_fire_time(None, last_started)
+    return now if missed is not None and missed <= now else None
+
+
+def schedule(
+    scheduler: Any, syncer: SourceSyncer, sources: dict[str, SourceConfig], last: dict[str, datetime]
+) -> None:
+    """One job per source: every N seconds or on its cron spec, the first when :func:`first_run`
+    says (``last``: when each source's last sync started)."""
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
+    now = datetime.now().astimezone()
     for name, source in sources.items():
 
         async def job(name: str = name) -> None:
@@ -155,7 +172,7 @@ def schedule(scheduler: Any, syncer: SourceSyncer, sources: dict[str, SourceConf
 
         every = source.interval_s
         trigger = CronTrigger.from_crontab(source.cron) if every is None else IntervalTrigger(seconds=every)
-        first = datetime.now() if every is not None else None
+        first = first_run(source, last.get(name), now)
         kwargs: dict[str, Any] = {"next_run_time": first} if first is not None else {}
         scheduler.add_job(job, trigger, max_instances=1, coalesce=True, id=f"source:{name}", **kwargs)
 
@@ -180,7 +197,7 @@ async def start(kb: KnowledgeBase, sources: dict[str, SourceConfig], *, prune: b
     if not sources:
         return None
     scheduler = AsyncIOScheduler()
-    schedule(scheduler, syncer, sources)
+    schedule(scheduler, syncer, sources, {row.name: row.started_at for row in await syncer.status()})
     scheduler.start()
     log.info("keeping %d sources in sync: %s", len(sources), ", ".join(sources))
     return scheduler

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bot.doctor import diagnose
-from bot.sources import SourceSyncer
+from bot.sources import SourceSyncer, first_run
 from kbot.errors import ConfigError
 from kbot.policies import SourceConfig
 from kbot.settings import Settings, load_settings
@@ -76,3 +77,14 @@ async def test_sync_failure_keeps_content_shows_in_doctor_and_prune_purges(
         assert await dropped.status() == []
     finally:
         await kb.close()
+
+
+def test_a_cron_source_syncs_at_start_when_new_or_when_kbot_was_down_at_its_time(tmp_path: Path) -> None:
+    mornings = SourceConfig(path=tmp_path, collection="hr", cron="0 6 * * *")
+    hourly = SourceConfig(path=tmp_path, collection="hr", every="1h")
+    now = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
+    assert first_run(mornings, None, now) == now  # never synced: its documents are wanted today
+    assert first_run(mornings, datetime(2026, 12, 3, 6, 0, 2, tzinfo=UTC), now) is None  # ran at six
+    # Down at six this morning: the run it missed happens now, not tomorrow.
+    assert first_run(mornings, datetime(2026, 12, 2, 6, 0, 2), now) == now
+    assert first_run(hourly, datetime(2026, 12, 3, 9, 29, tzinfo=UTC), now) == now
