@@ -296,7 +296,9 @@ class ChatService:
         self.stats["feedback_recorded" if answer_id else "feedback_ignored"] += 1
         if answer_id:
             value = str(event.value) if event.kind != "correction" else ""
-            metrics.FEEDBACK.labels(event.platform, event.kind, value).inc()
+            # A vote that comes with reasons (Slack's 👎 dialog) restates the vote already counted.
+            kind = "reason" if event.kind == "vote" and event.text else event.kind
+            metrics.FEEDBACK.labels(event.platform, kind, value).inc()
 
     def _keep(self, event: FeedbackEvent) -> str:
         assert self.spool is not None

@@ -81,7 +81,7 @@ ANSWER_SECONDS = Histogram(
 )
 FEEDBACK = Counter(
     "kbot_feedback",
-    "Feedback recorded: votes (value +1/-1), votes taken back, corrections.",
+    "Feedback recorded: votes (value +1/-1), votes taken back, reasons given for a vote, corrections.",
     ["platform", "kind", "value"],
     registry=REGISTRY,
 )

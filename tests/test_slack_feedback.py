@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bot import metrics
 from bot.slack import feedback, render
 from kbot.db.models import Vote
 from knowledge.embeddings import Embedder
@@ -88,7 +89,13 @@ async def test_a_downvote_click_records_the_vote_and_asks_what_was_wrong(env: Sl
     assert len(env.slack.named("views.open")) == 1
 
 
+def counted(kind: str) -> float:
+    labels = {"platform": "slack", "kind": kind, "value": "-1"}
+    return metrics.REGISTRY.get_sample_value("kbot_feedback_total", labels) or 0.0
+
+
 async def test_the_reasons_are_kept_as_the_votes_comment(env: SlackEnv) -> None:
+    votes, reasons = counted("vote"), counted("reason")
     answer_id, ts, view = await downvoted(env)
     # Boxes in any order, one twice, plus the person's words: labels in the dialog's order, then the text.
     typed = "  The policy changed in 2026; it is 12 days now.  "
@@ -98,6 +105,8 @@ async def test_the_reasons_are_kept_as_the_votes_comment(env: SlackEnv) -> None:
     await wait_until(lambda: env.stats["feedback_recorded"] == 2)
     comment = "Wrong or outdated facts; Missing information; The policy changed in 2026; it is 12 days now."
     assert await comments(env) == {(answer_id, "U3", -1, "button", comment)}
+    # One 👎 in the metrics, with its reasons: not two votes.
+    assert (counted("vote") - votes, counted("reason") - reasons) == (1, 1)
     await wait_until(
         lambda: any("reasons are saved" in c.params["text"] for c in env.slack.named("chat.postEphemeral"))
     )
