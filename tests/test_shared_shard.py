@@ -13,6 +13,7 @@ import pytest
 from kbot.errors import ConfigError, VectorStoreError
 from knowledge.vectorstore.edge import EdgeVectorStore
 from knowledge.vectorstore.shared import ShardHost, SharedShardStore, server_listening, socket_path
+from tests.test_vectorstore_contract import DIM, record
 
 
 async def test_socket_is_owner_only_and_a_second_owner_is_refused(tmp_path: Path) -> None:
@@ -79,3 +80,24 @@ async def test_a_server_that_stops_mid_run_is_a_plain_error(tmp_path: Path) -> N
         await client.count("hr")
     await client.close()
     await owned.close()
+
+
+async def test_a_backup_that_hangs_frozen_does_not_stop_writes_for_good(tmp_path: Path) -> None:
+    owned = EdgeVectorStore(tmp_path / "shard")
+    host = ShardHost(tmp_path, freeze_limit_s=0.3)
+    await host.start(owned)
+    backup, ingest = SharedShardStore(socket_path(tmp_path)), SharedShardStore(socket_path(tmp_path))
+    try:
+        await ingest.prepare(DIM)
+        with pytest.raises(VectorStoreError, match="Take the backup again"):
+            async with backup.frozen():
+                # Held back while the copy is frozen, then let through once the freeze ran out.
+                await asyncio.wait_for(ingest.upsert([record(1, "Parking closes at ten.")]), timeout=30)
+                assert await ingest.count("hr") == 1
+        async with backup.frozen():  # the next backup freezes and thaws as usual
+            pass
+    finally:
+        await backup.close()
+        await ingest.close()
+        await host.close()
+        await owned.close()

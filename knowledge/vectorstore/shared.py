@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 # One upsert carries a slice of ~512 chunks: ~1 MB of vectors, a few MB of text at most.
 LINE_LIMIT = 256 * 1024**2
+# A backup's copy of the shard holds its writes back; one that hangs without hanging up (a
+# stopped process, a stalled disk) must not stop ingests for good. Ten minutes copy tens of GB.
+FREEZE_LIMIT_S = 600.0
 # sun_path holds 108 bytes; a longer path is reached through the data dir's open descriptor.
 _SUN_PATH_MAX = 100
 
@@ -147,8 +150,9 @@ class SharedShardStore:
 class ShardHost:
     """Serve a vector store (the server's own Edge shard) to this user's kbot commands."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, freeze_limit_s: float = FREEZE_LIMIT_S) -> None:
         self._path = socket_path(data_dir)
+        self._freeze_limit_s = freeze_limit_s
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._ops: dict[str, Callable[[VectorStore, dict[str, Any]], Awaitable[Any]]] = {
@@ -208,7 +212,7 @@ class ShardHost:
                 log.warning("refused a control connection from another user")
                 return
             # A freeze (a backup's copy) lasts until thawed or until its connection goes.
-            async with _Freeze(store) as frozen:
+            async with _Freeze(store, self._freeze_limit_s) as frozen:
                 while line := await reader.readline():
                     answer = await self._answer(store, line, frozen)
                     writer.write(json.dumps(answer, ensure_ascii=False).encode() + b"\n")
@@ -225,8 +229,7 @@ class ShardHost:
             if request["op"] == "freeze":
                 return {"ok": await frozen.freeze()}
             if request["op"] == "thaw":
-                await frozen.thaw()
-                return {"ok": None}
+                return {"ok": None} if await frozen.thaw() else {"error": frozen.expired}
             op = self._ops[request["op"]]
             return {"ok": await op(store, request["args"])}
         except KbotError as exc:
@@ -241,11 +244,16 @@ async def _search(store: VectorStore, args: dict[str, Any]) -> list[dict[str, An
 
 
 class _Freeze:
-    """One connection's freeze of the shard: at most one, ended by thaw or by hanging up."""
+    """One connection's freeze of the shard: at most one, ended by thaw, by hanging up, or after
+    ``limit_s`` (then the thaw that comes late is told the copy may be inconsistent)."""
 
-    def __init__(self, store: VectorStore) -> None:
+    def __init__(self, store: VectorStore, limit_s: float) -> None:
         self._store = store
+        self._limit_s = limit_s
         self._stack: contextlib.AsyncExitStack | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._ending: set[asyncio.Task[bool]] = set()
+        self.expired = ""
 
     async def freeze(self) -> str | None:
         freeze = getattr(self._store, "frozen", None)  # the Edge shard's; a Qdrant server has snapshots
@@ -255,12 +263,30 @@ class _Freeze:
             raise VectorStoreError("The shard is already frozen for this connection.")
         self._stack = contextlib.AsyncExitStack()
         path = await self._stack.enter_async_context(freeze())
+        self.expired = ""
+        self._timer = asyncio.get_running_loop().call_later(self._limit_s, self._expire)
         return None if path is None else str(path)
 
-    async def thaw(self) -> None:
+    def _expire(self) -> None:
+        self.expired = (
+            f"The shard's writes were held back for the copy longer than {self._limit_s:.0f} s, so "
+            "kbot serve let them go on: writes during the rest of the copy may be missing from it. "
+            "Take the backup again."
+        )
+        log.warning("a backup kept the shard frozen over %.0f s without thawing; writes go on", self._limit_s)
+        task = asyncio.ensure_future(self.thaw())
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def thaw(self) -> bool:
+        """End the freeze; False when it had run out before."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
+        return not self.expired
 
     async def __aenter__(self) -> _Freeze:
         return self
