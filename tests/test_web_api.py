@@ -95,6 +95,12 @@ async def test_votes_and_corrections_reach_the_vote_log_only_from_the_asker(env:
 
     assert (await feedback({"kind": "vote", "value": 1})).status == 200
     assert (await feedback({"kind": "vote", "value": -1})).status == 200  # a change replaces it
+    offered = await (await env.client.get("/api/feedback/reasons")).json()
+    assert [r["value"] for r in offered["reasons"]][:2] == ["wrong_facts", "off_topic"]
+    # The 👎's reasons, as the page sends them: they become the vote's comment, as on Slack.
+    why = {"kind": "vote", "value": -1, "reasons": ["missing_info", "wrong_facts"], "text": " It is 12 now. "}
+    assert (await feedback(why)).status == 200
+    assert (await feedback({**why, "reasons": ["made_up"]})).status == 400
     stranger = {"kbot_visitor": "x" * 32}
     refused = await feedback({"kind": "vote", "value": 1}, stranger)
     assert refused.status == 404 and "shown to you" in await refused.text()
@@ -104,6 +110,7 @@ async def test_votes_and_corrections_reach_the_vote_log_only_from_the_asker(env:
         votes = (await s.scalars(select(Vote).where(Vote.answer_id == answer_id))).all()
         corrections = (await s.scalars(select(Correction).where(Correction.answer_id == answer_id))).all()
     assert [(v.value, v.origin, v.platform) for v in votes] == [(-1, "web", "web")]
+    assert votes[0].comment == "Wrong or outdated facts; Missing information; It is 12 now."
     assert [c.text for c in corrections] == ["Ten days a year, see the leave policy."]
     assert (await feedback({"kind": "unvote", "value": -1})).status == 200
     async with env.runtime.service.answerer.kb.db.session() as s:
@@ -121,6 +128,12 @@ async def test_votes_and_corrections_reach_the_vote_log_only_from_the_asker(env:
         ("/api/chat", "id=abcdefgh&text=hi", "application/x-www-form-urlencoded", 415),
         ("/api/feedback", '{"answer_id": "abcdefgh", "kind": "love"}', "application/json", 400),
         ("/api/feedback", '{"answer_id": "abcdefgh", "kind": "vote", "value": 7}', "application/json", 400),
+        (
+            "/api/feedback",
+            '{"answer_id": "abcdefgh", "kind": "correction", "text": "x", "reasons": ["other"]}',
+            "application/json",
+            400,
+        ),
         (
             "/api/feedback",
             '{"answer_id": "abcdefgh", "kind": "correction", "text": " "}',

@@ -260,6 +260,19 @@ def test_dashboard_signs_in_and_its_charts_follow_votes(server: dict[str, Any], 
     bubble, _ = _ask(chat, "How many days of annual leave do I get?")
     bubble.locator("button.vote-down").click()
     expect(bubble.locator(".actions .status")).to_contain_text("recorded")
+    # The 👎 asks what was wrong, with the reasons Slack's and Teams' dialogs offer.
+    why = bubble.locator("fieldset.reasons")
+    expect(why).to_be_visible()
+    why.get_by_label("Missing information").check()
+    why.locator("textarea").fill("It does not say if unused days carry over.")
+    _shot(chat, "web-downvote-reasons")
+    why.locator("button.send-reasons").click()
+    expect(bubble.locator(".actions .status")).to_contain_text("reasons are saved")
+    expect(why).to_be_hidden()
+    answer_id = bubble.get_attribute("data-answer-id")
+    with sqlite3.connect(server["log"].parent / "state" / "kbot.db") as db:
+        kept = db.execute("SELECT value, comment FROM votes WHERE answer_id = ?", (answer_id,)).fetchall()
+    assert kept == [(-1, "Missing information; It does not say if unused days carry over.")]
 
     loaded = dashboard.evaluate("document.body.dataset.loadedAt")
     dashboard.click("#refresh")

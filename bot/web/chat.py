@@ -4,7 +4,9 @@
 stream of events: ``working``, ``delta`` (text to append), ``answer`` (final text, citations with
 quotes and links, the answer id), ``notice`` (rate limit, failure), ``end``. The page's id is the
 dedupe key, so a retried request is not answered twice. ``POST /api/feedback`` records 👍/👎 and
-"suggest a better answer" into the vote log; only on answers this asker was shown.
+"suggest a better answer" into the vote log; only on answers this asker was shown. A 👎 may come
+again with ``"reasons"`` (values of ``GET /api/feedback/reasons``, the list Slack's and Teams'
+dialogs offer) and words in ``"text"``: they become the vote's comment.
 
 Anonymous askers (no ``KBOT_WEB_USER_HEADER``) are rate-limited per cookie and also per client
 address (:class:`~bot.web.auth.ClientAddress`, hashed): dropping the cookie makes a new visitor,
@@ -29,6 +31,7 @@ from bot.chat import SPOOLED, ChatService
 from bot.conversation import FeedbackEvent, IncomingMessage
 from bot.limits import limit_question
 from bot.links import source_url
+from bot.reasons import MAX_DETAIL, REASONS, comment
 from bot.web.auth import ClientAddress, address_key, is_https, set_visitor_cookie, web_user
 from kbot.errors import KbotError
 from kbot.settings import Settings
@@ -110,6 +113,11 @@ class WebChat:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/chat", self.chat)
         app.router.add_post("/api/feedback", self.feedback)
+        app.router.add_get("/api/feedback/reasons", self.reasons)
+
+    async def reasons(self, _request: web.Request) -> web.Response:
+        listed = [{"value": value, "label": label} for value, label in REASONS.items()]
+        return web.json_response({"reasons": listed, "max_detail": MAX_DETAIL})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         user, new_cookie = web_user(request, self.settings)
@@ -168,6 +176,15 @@ class WebChat:
             raise web.HTTPBadRequest(text=f"'text' must be a string of at most {MAX_CORRECTION} characters.")
         if kind == "correction" and not text.strip():
             raise web.HTTPBadRequest(text="Write the better answer in 'text'.")
+        reasons = body.get("reasons")
+        if reasons is not None:
+            if kind != "vote" or not isinstance(reasons, list) or len(reasons) > len(REASONS):
+                raise web.HTTPBadRequest(
+                    text="'reasons' is a list of reasons for a vote (see /api/feedback/reasons)."
+                )
+            if not all(isinstance(r, str) and r in REASONS for r in reasons):
+                raise web.HTTPBadRequest(text=f"Each reason is one of: {', '.join(REASONS)}.")
+            text = comment(reasons, text)
         event = FeedbackEvent(
             platform=PLATFORM,
             user=user,

@@ -77,8 +77,48 @@ async function postJSON(path, body) {
   return response;
 }
 
+// What a 👎 can say was wrong: the same list as Slack's and Teams' dialogs, asked for once.
+let reasonList = null;
+function reasons() {
+  reasonList ??= fetch("/api/feedback/reasons").then((r) => r.ok ? r.json() : { reasons: [] })
+    .catch(() => ({ reasons: [] }));
+  return reasonList;
+}
+
+// Shown under an answer after its 👎: tick what was wrong, add words, send; or skip.
+function reasonsBox(answerId, status) {
+  const box = el("fieldset", { class: "reasons", hidden: "" }, el("legend", {}, "What was wrong? (optional)"));
+  const detail = el("textarea", { "aria-label": "Anything else", placeholder: "Anything else?", maxlength: "2000" });
+  const send = el("button", { type: "button", class: "primary send-reasons" }, "Send");
+  const skip = el("button", { type: "button", class: "skip-reasons" }, "Skip");
+  const ticks = el("div", { class: "ticks" });
+  box.append(ticks, detail, el("div", { class: "row" }, send, skip));
+  skip.addEventListener("click", () => { box.hidden = true; });
+  send.addEventListener("click", async () => {
+    const chosen = [...ticks.querySelectorAll("input:checked")].map((i) => i.value);
+    if (!chosen.length && !detail.value.trim()) { status.textContent = "Tick a reason or write one first."; return; }
+    try {
+      await postJSON("/api/feedback", { answer_id: answerId, kind: "vote", value: -1, reasons: chosen, text: detail.value });
+      box.hidden = true;
+      status.textContent = "Thanks — your reasons are saved with your 👎.";
+    } catch (error) {
+      status.textContent = `Not saved: ${error.message}`;
+    }
+  });
+  async function open() {
+    if (!ticks.childElementCount) {
+      for (const r of (await reasons()).reasons) {
+        ticks.append(el("label", {}, el("input", { type: "checkbox", value: r.value }), ` ${r.label}`));
+      }
+    }
+    box.hidden = false;
+  }
+  return { box, open };
+}
+
 function feedbackControls(answerId) {
   const status = el("span", { class: "status", role: "status" });
+  const why = reasonsBox(answerId, status);
   let current = 0;
   const up = el("button", { type: "button", "aria-pressed": "false", title: "Good answer", class: "vote-up" }, "👍");
   const down = el("button", { type: "button", "aria-pressed": "false", title: "Bad answer", class: "vote-down" }, "👎");
@@ -92,6 +132,7 @@ function feedbackControls(answerId) {
       up.setAttribute("aria-pressed", String(current === 1));
       down.setAttribute("aria-pressed", String(current === -1));
       status.textContent = current ? "Thanks — recorded." : "Vote taken back.";
+      if (current === -1) await why.open(); else why.box.hidden = true;
     } catch (error) {
       status.textContent = `Not saved: ${error.message}`;
     }
@@ -115,7 +156,7 @@ function feedbackControls(answerId) {
       status.textContent = `Not saved: ${error.message}`;
     }
   });
-  return [el("div", { class: "actions" }, up, down, better, status), box];
+  return [el("div", { class: "actions" }, up, down, better, status), why.box, box];
 }
 
 // Reads "event: …\ndata: …\n\n" blocks from a fetch body as they arrive.
