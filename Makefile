@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-parallel lint bench clean
+.PHONY: setup run test test-serial lint bench clean
 
 ## setup: create .venv and install kbot with its dev tools (CPU torch first: see README)
 setup: $(VENV)/.installed
@@ -26,17 +26,18 @@ run: setup
 	@echo "Open http://127.0.0.1:8080 and ask; the dashboard link is logged below. Ctrl-C stops."
 	$(BIN)/kbot serve
 
-## test: the whole suite, SQLite and PostgreSQL, real models included
+## test: the whole suite, SQLite and PostgreSQL, real models included; one test file per worker,
+## a worker per core up to four (pytest-xdist): files that start servers or train overlap
 test: setup
 	scripts/ensure-postgres
 	scripts/ensure-chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
-## test-parallel: the same suite, one test file per worker, two at once (pytest-xdist)
-test-parallel: setup
+## test-serial: the same suite in one process (slower; for reading a failure's output in order)
+test-serial: setup
 	scripts/ensure-postgres
 	scripts/ensure-chromium
-	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=loadfile
+	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check .
