@@ -104,6 +104,10 @@ async def open_runtime(
         stack.callback(spool.close)
         service = ChatService(settings, answerer, ChatLedger(db), VoteLog(db), spool)
         stack.push_async_callback(service.drain, DRAIN_S)
+        try:
+            await service.review.restore_verified()
+        except KbotError as exc:  # answering goes on from the documents; a restart tries again
+            log.error("approved corrections could not be indexed again as verified answers: %s", exc)
         slack = SlackAdapter(settings, service) if settings.slack_enabled else None
         if slack is not None:
             await slack.warm_up()

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from finetune.votes import MAX_TEXT
 from kbot.db import Database
 from kbot.db.models import Answer, Chunk, Correction, Document, Vote, utcnow
-from kbot.errors import FeedbackError, KnowledgeError
+from kbot.errors import FeedbackError, KnowledgeError, VectorStoreError
 from knowledge.verified import VerifiedAnswer, answer_scope
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class VerifiedIndex(Protocol):
     """Where approved corrections are answered from (``knowledge.verified.VerifiedAnswers``)."""
 
     async def add(self, answer: VerifiedAnswer) -> None: ...
+
+    async def count(self) -> int: ...
 
     async def remove(self, correction_id: int) -> None: ...
 
@@ -86,6 +88,37 @@ class Review:
         self._db = db
         self._verified = verified
         self.mode = mode
+
+    async def restore_verified(self) -> int:
+        """Index every approved correction again when the vector store holds fewer than were
+        approved (it was rebuilt, or replaced by a Qdrant server); how many were indexed."""
+        async with self._db.session() as s:
+            rows = (
+                await s.execute(
+                    select(Correction, Answer)
+                    .join(Answer, Answer.id == Correction.answer_id)
+                    .where(Correction.status == "approved", Correction.acl.is_not(None))
+                    .order_by(Correction.id)
+                )
+            ).all()
+        readable = [(c, a) for c, a in rows if c.acl]  # an empty scope was never indexed
+        if await self._verified.count() >= len(readable):
+            return 0
+        indexed = 0
+        for correction, answer in readable:
+            text, at = correction.approved_text or correction.text, correction.reviewed_at or utcnow()
+            try:
+                await self._verified.add(_verified(correction, answer, text, list(correction.acl or []), at))
+            except VectorStoreError:
+                raise
+            except KnowledgeError as exc:  # as approving it would fail today: that one stays out
+                log.warning("approved correction %d could not be indexed again: %s", correction.id, exc)
+                continue
+            indexed += 1
+        log.warning(
+            "the vector store lacked verified answers: %d approved corrections indexed again", indexed
+        )
+        return indexed
 
     async def counts(self) -> dict[str, int]:
         """How many corrections are in each status."""
@@ -141,16 +174,7 @@ class Review:
         edited = _edit(text, correction.text)
         scope = _scope(acl) if acl is not None else await answer_scope(self._db, answer)
         now = utcnow()
-        await self._verified.add(
-            VerifiedAnswer(
-                correction_id=correction.id,
-                question=answer.question,
-                text=edited or correction.text,
-                collections=list(answer.collections),
-                acl=scope,
-                approved_at=now,
-            )
-        )
+        await self._verified.add(_verified(correction, answer, edited or correction.text, scope, now))
         values = {"approved_text": edited, "acl": scope}
         if not await self._mark(correction, "approved", reviewer, now, values):
             await self._verified.remove(correction.id)  # it was the old text that went in
@@ -212,6 +236,13 @@ class Review:
         async with self._db.session() as s:
             result = await s.execute(stmt)
         return bool(getattr(result, "rowcount", 0))
+
+
+def _verified(
+    correction: Correction, answer: Answer, text: str, acl: list[str], at: datetime
+) -> VerifiedAnswer:
+    collections = list(answer.collections)
+    return VerifiedAnswer(correction.id, answer.question, text, collections, acl, at)
 
 
 def _stale(correction_id: int) -> StaleReview:

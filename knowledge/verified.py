@@ -155,6 +155,11 @@ class VerifiedAnswers:
         )
         await store.upsert([record])
 
+    async def count(self) -> int:
+        """How many verified answers the vector store holds."""
+        await self._kb.store.prepare(self._kb.embedder.dimension)
+        return await self._kb.store.count(TENANT)
+
     async def remove(self, correction_id: int) -> None:
         """Stop answering from ``correction_id`` (rejected after approval, say); idempotent."""
         await self._kb.store.prepare(self._kb.embedder.dimension)

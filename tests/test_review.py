@@ -124,6 +124,33 @@ async def test_only_approved_corrections_are_trained_on_and_answered_from(store:
     assert await review.approve(pending + 1000, "U0") is None  # no such correction
 
 
+async def test_a_rebuilt_vector_store_gets_the_approved_answers_back(
+    store: KnowledgeBase, sql_url: str, tmp_path: Path, embedder: Embedder
+) -> None:
+    review = review_of(store)
+    approved = await corrected(store, "How many sick days do I get?", "Five days.", "Ten days.")
+    await review.approve(approved, "U0", text="Ten days a year [1].")
+    scoped = await corrected(store, "What is the bonus?", "None.", "5% for hr.")
+    await review.approve(scoped, "U0", acl=["hr"])
+    await review.reject(await corrected(store, "Is parking free?", "No.", "Always free."), "U0")
+    assert await review.restore_verified() == 0  # nothing is missing: nothing is embedded again
+    # The same SQL store, a new, empty vector store (a Qdrant server now, or a shard deleted).
+    rebuilt = await KnowledgeBase.open(
+        Settings(data_dir=tmp_path / "rebuilt", database_url=sql_url), embedder=embedder
+    )
+    try:
+        assert await found(rebuilt, "How many sick days do I get?") is None
+        assert await review_of(rebuilt).restore_verified() == 2
+        assert await found(rebuilt, "How many sick days do I get?") == "Ten days a year [1]."
+        assert await found(rebuilt, "What is the bonus?") is None  # its scope came back with it
+        hr = await VerifiedAnswers(rebuilt).match("What is the bonus?", ["hr"], ["hr"])
+        assert hr is not None and hr.text == "5% for hr."
+        assert await found(rebuilt, "Is parking free?") is None
+        assert await review_of(rebuilt).restore_verified() == 0
+    finally:
+        await rebuilt.close()
+
+
 async def test_an_edit_is_reviewed_again_and_trust_approves_it_again(store: KnowledgeBase) -> None:
     votes, review = VoteLog(store.db), review_of(store)
     answer_id = await answer(store.db, "How many sick days do I get?", "Five days.")
