@@ -104,6 +104,17 @@ def test_search_while_serving(served: Served) -> None:
     assert hit["source"] == "handbook/請假規定.md" and "婚假八天" in hit["text"]
 
 
+def test_ask_and_collections_while_serving(served: Served) -> None:
+    # The model loads in the command's process; only the shard's searches go to the server.
+    result = kbot("ask", "婚假可以請幾天？", "-c", "hr", "--json", cwd=served.cwd, env=served.env)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert "婚假八天" in answer["answer"].splitlines()[0], answer
+    assert [c["source"] for c in answer["citations"]][:1] == ["handbook/請假規定.md"]
+    listed = kbot("collections", cwd=served.cwd, env=served.env)
+    assert listed.returncode == 0 and "hr" in listed.stdout, listed.stderr
+
+
 async def test_ingest_while_serving_then_the_next_web_question_is_answered_from_it(served: Served) -> None:
     (served.cwd / "travel").mkdir()
     (served.cwd / "travel" / "travel-policy.md").write_text(TRAVEL)
