@@ -101,6 +101,7 @@ async def test_votes_and_corrections_reach_the_vote_log_only_from_the_asker(env:
     why = {"kind": "vote", "value": -1, "reasons": ["missing_info", "wrong_facts"], "text": " It is 12 now. "}
     assert (await feedback(why)).status == 200
     assert (await feedback({**why, "reasons": ["made_up"]})).status == 400
+    assert (await feedback({**why, "value": 1})).status == 400  # reasons say what was wrong
     stranger = {"kbot_visitor": "x" * 32}
     refused = await feedback({"kind": "vote", "value": 1}, stranger)
     assert refused.status == 404 and "shown to you" in await refused.text()

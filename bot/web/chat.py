@@ -178,9 +178,9 @@ class WebChat:
             raise web.HTTPBadRequest(text="Write the better answer in 'text'.")
         reasons = body.get("reasons")
         if reasons is not None:
-            if kind != "vote" or not isinstance(reasons, list) or len(reasons) > len(REASONS):
+            if (kind, value) != ("vote", -1) or not isinstance(reasons, list) or len(reasons) > len(REASONS):
                 raise web.HTTPBadRequest(
-                    text="'reasons' is a list of reasons for a vote (see /api/feedback/reasons)."
+                    text="'reasons' is a list of what was wrong, sent with a 👎 (see /api/feedback/reasons)."
                 )
             if not all(isinstance(r, str) and r in REASONS for r in reasons):
                 raise web.HTTPBadRequest(text=f"Each reason is one of: {', '.join(REASONS)}.")
