@@ -331,16 +331,25 @@ def _check_kept(trainer: Any, n_rows: int, config: TrainConfig) -> Any:
     return trainer
 
 
-def _step_logger(kind: str) -> Any:
-    """A callback that logs each logged step: operators (and tests) see that training is under way."""
+def _watch(trainer: Any, kind: str) -> None:
+    """Log each step (operators and tests see training under way); keep the progress bar (stderr)
+    but not the dict it writes to stdout at each step: stdout is the command's (`kbot nightly`)."""
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class StepLogger(TrainerCallback):  # type: ignore[misc]
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
                 log.info("%s step %d/%d: loss %.4f", kind, state.global_step, state.max_steps, logs["loss"])
 
-    return StepLogger()
+    class Bar(ProgressCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            pass
+
+    trainer.add_callback(StepLogger())
+    trainer.pop_callback(PrinterCallback)  # without a bar (tqdm off), the same dict, printed
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(Bar())
 
 
 def _run(
@@ -348,7 +357,7 @@ def _run(
 ) -> TrainResult:
     """Train, save the adapter and its log; ``extra`` joins the recorded config (e.g. KTO's weights)."""
     started = time.perf_counter()
-    trainer.add_callback(_step_logger(kind))
+    _watch(trainer, kind)
     trainer.train()
     seconds = time.perf_counter() - started
     model = trainer.model

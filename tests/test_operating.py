@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,8 +18,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from kbot.db import Database
 from tests.conftest import EXAMPLES
 from tests.kbot_process import KBOT, free_port, kbot
+from tests.test_nightly import feedback_history
 
 ADMIN = "operating-admin-token"
 TRAVEL = (
@@ -205,3 +209,27 @@ def test_backup_while_serving_and_restore_elsewhere_give_the_same_search(served:
     live = kbot(*query, cwd=served.cwd, env=served.env)
     copy = kbot(*query, cwd=served.cwd, env=elsewhere)
     assert copy.returncode == 0 and json.loads(copy.stdout) == json.loads(live.stdout) != []
+
+
+# Last in this file: a promoted adapter would answer the questions of the tests above it.
+async def test_nightly_while_serving_asks_its_golden_questions_through_the_server(served: Served) -> None:
+    db = Database(f"sqlite+aiosqlite:///{served.cwd / 'state' / 'kbot.db'}")
+    try:
+        await feedback_history(db)  # a day of 👍/👎 in the server's own store
+    finally:
+        await db.close()
+    golden = served.cwd / "golden.jsonl"
+    question = {"question": "婚假可以請幾天？", "collections": ["hr"], "facts": ["八天"]}
+    golden.write_text(json.dumps(question, ensure_ascii=False) + "\n")
+    args = ("nightly", "--min-pairs", "5", "--steps", "1", "--from", "base", "--golden", str(golden))
+    result = kbot(*args, cwd=served.cwd, env=served.env)
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"Run \d+: (promoted|kept) — ", result.stdout), result.stdout
+    with sqlite3.connect(served.cwd / "state" / "kbot.db") as conn:
+        [(metrics,)] = conn.execute("SELECT metrics FROM training_runs").fetchall()
+    # The golden question was asked of both adapters, from passages found on the server's shard
+    # (nothing found would be a "not found" answer: a refusal). Whether the bundled 135M model's
+    # own text states the fact is not this test's business.
+    scores = json.loads(metrics)
+    for side in ("candidate", "against"):
+        assert scores[side]["fact_hit_rate"] is not None and scores[side]["refusal_rate"] == 0.0, scores
