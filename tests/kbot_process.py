@@ -25,23 +25,34 @@ def free_port() -> int:
 
 
 async def wait_healthy(
-    url: str, proc: subprocess.Popen[str], *, timeout: float = 180, log: Path | None = None
-) -> None:
-    """Until ``kbot serve`` at ``url`` answers ``/healthz``; it exiting first fails (with its log)."""
+    url: str,
+    proc: subprocess.Popen[str],
+    *,
+    timeout: float = 180,
+    log: Path | None = None,
+    path: str = "/healthz",
+) -> dict[str, object]:
+    """Until ``kbot serve`` at ``url`` answers ``path`` with 200 (``/readyz``: ready to answer);
+    its body. The server exiting first fails, with its log (``log``, else its piped stderr)."""
     import asyncio
     import time
 
     import aiohttp
 
+    def said() -> str:
+        if log is not None:
+            return log.read_text()
+        return proc.stderr.read() if proc.stderr else "kbot serve exited"
+
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text() if log else "kbot serve exited"
+            assert proc.poll() is None, said()
             try:
-                async with session.get(url + "/healthz") as response:
+                async with session.get(url + path) as response:
                     if response.status == 200:
-                        return
+                        return dict(await response.json())
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.3)
-    raise AssertionError("kbot serve did not come up")
+    raise AssertionError(f"kbot serve did not answer {path}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES
-from tests.kbot_process import KBOT, free_port, kbot
+from tests.kbot_process import KBOT, free_port, kbot, wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +116,6 @@ def test_ask_json_contract(workdir: tuple[Path, dict[str, str]], base_model_dir:
     assert "Sources:\n  [1] Leave policy (handbook/leave-policy.md)" in readable.stdout
 
 
-async def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, object]:
-    import asyncio
-
-    import aiohttp
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with aiohttp.ClientSession() as session:
-        while asyncio.get_running_loop().time() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                async with session.get(url + "/healthz") as response:
-                    return dict(await response.json())
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.3)
-    raise AssertionError("kbot serve did not come up")
-
-
 @pytest.mark.slow
 async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
     workdir: tuple[Path, dict[str, str]], base_model_dir: str
@@ -151,7 +134,7 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
         [*KBOT, "serve", "--port", str(port)], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        health = await _wait_healthy(f"http://127.0.0.1:{port}", off)
+        health = await wait_healthy(f"http://127.0.0.1:{port}", off, timeout=120)
         assert health == {"status": "ok", "slack": False, "teams": "off"}
         # Ready before anyone asked: the embedded shard opens for the check, the model is loaded.
         async with (
@@ -180,7 +163,7 @@ async def test_serve_answers_slack_with_the_real_model_and_stops_cleanly(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            assert (await _wait_healthy(url, on))["slack"] is True
+            assert (await wait_healthy(url, on, timeout=120))["slack"] is True
             event = {
                 "type": "app_mention",
                 "user": "U1",

@@ -3,6 +3,7 @@ knowledge commands work beside it (they reach its shard through the control sock
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import pytest
 
 from kbot.db import Database
 from tests.conftest import EXAMPLES
-from tests.kbot_process import KBOT, free_port, kbot
+from tests.kbot_process import KBOT, free_port, kbot, wait_healthy
 from tests.test_nightly import feedback_history
 
 ADMIN = "operating-admin-token"
@@ -35,24 +36,6 @@ class Served:
     env: dict[str, str]
     url: str
     proc: subprocess.Popen[str]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 180) -> None:
-    import time
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
-    raise AssertionError("kbot serve did not become ready")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, base_model_dir: str) -> Ite
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc)
+        asyncio.run(wait_healthy(url, proc, path="/readyz"))
         yield Served(cwd, env, url, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -169,7 +152,6 @@ async def _synced(url: str) -> dict[str, object] | None:
 
 
 async def test_a_scheduled_source_picks_up_an_edit_within_its_interval(served: Served) -> None:
-    import asyncio
     from datetime import UTC, datetime
 
     loop = asyncio.get_running_loop()
