@@ -88,7 +88,7 @@ function reasons() {
 // Shown under an answer after its 👎: tick what was wrong, add words, send; or skip.
 function reasonsBox(answerId, status) {
   const box = el("fieldset", { class: "reasons", hidden: "" }, el("legend", {}, "What was wrong? (optional)"));
-  const detail = el("textarea", { "aria-label": "Anything else", placeholder: "Anything else?", maxlength: "2000" });
+  const detail = el("textarea", { "aria-label": "Anything else", placeholder: "Anything else?" });
   const send = el("button", { type: "button", class: "primary send-reasons" }, "Send");
   const skip = el("button", { type: "button", class: "skip-reasons" }, "Skip");
   const ticks = el("div", { class: "ticks" });
@@ -107,7 +107,9 @@ function reasonsBox(answerId, status) {
   });
   async function open() {
     if (!ticks.childElementCount) {
-      for (const r of (await reasons()).reasons) {
+      const offered = await reasons();
+      if (offered.max_detail) detail.maxLength = offered.max_detail;
+      for (const r of offered.reasons) {
         ticks.append(el("label", {}, el("input", { type: "checkbox", value: r.value }), ` ${r.label}`));
       }
     }
